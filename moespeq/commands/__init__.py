@@ -1,0 +1,1 @@
+"""One module per `moespeq` verb: HELP, add_arguments(parser), run(args) -> exit code."""
