@@ -1,0 +1,1 @@
+"""Where lookahead traces come from: collection on Hugging Face checkpoints, importers, synthetic generators."""
