@@ -156,6 +156,11 @@ def expected_shapes(meta: TraceMeta, n_prompt: int, n_tokens: int) -> dict[str, 
     return shapes
 
 
+def _geometry(meta: TraceMeta) -> str:
+    spec = meta.model
+    return f"model {spec.name} (L={spec.moe_layers}, E={spec.experts}, K={spec.top_k}, k_max={meta.k_max})"
+
+
 def validate_sequence(meta: TraceMeta, seq: SequenceTrace, where: str) -> None:
     """UserError unless every array has its shape, ids are distinct valid experts, weights are finite."""
     spec = meta.model
@@ -163,8 +168,7 @@ def validate_sequence(meta: TraceMeta, seq: SequenceTrace, where: str) -> None:
     for name, shape in shapes.items():
         got = getattr(seq, name).shape
         if got != shape:
-            raise UserError(f"{where}: {name} has shape {got}, expected {shape} for model {spec.name} "
-                            f"(L={spec.moe_layers}, K={spec.top_k}, k_max={meta.k_max})")
+            raise UserError(f"{where}: {name} has shape {got}, expected {shape} for {_geometry(meta)}")
     for name in _ROUTING:
         ids, weights = getattr(seq, f"{name}_ids"), getattr(seq, f"{name}_weights")
         if ids.size == 0:
@@ -210,6 +214,10 @@ def write_trace(trace: LookaheadTrace, path: str | Path) -> None:
     tmp.replace(path)
 
 
+# What pyarrow raises on damaged files (UnicodeDecodeError is a ValueError: a damaged column name).
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError, IndexError, TypeError, KeyError, OverflowError, AttributeError)
+
+
 def _flat_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     column = table.column(name).combine_chunks()
     return column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
@@ -220,7 +228,7 @@ def _read_table(path: Path) -> tuple[pa.Table, TraceMeta]:
         table = pq.read_table(path)
     except FileNotFoundError:
         raise UserError(f"{path}: no such trace file") from None
-    except (pa.ArrowException, OSError, ValueError, IndexError, TypeError) as exc:
+    except _READ_ERRORS as exc:
         raise UserError(f"{path}: not a moespeq trace (unreadable Parquet: {str(exc).splitlines()[0][:120]})") from None
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
@@ -238,14 +246,14 @@ def read_trace(path: str | Path) -> LookaheadTrace:
     """Load and validate; any problem is a one-line UserError naming the file."""
     path = Path(path)
     table, meta = _read_table(path)
-    missing = [c for c in ("n_prompt", "n_tokens", *_ARRAY_DTYPES) if c not in table.column_names]
-    if missing:
-        raise UserError(f"{path}: corrupt trace (missing columns {missing})")
     try:
+        missing = [c for c in ("n_prompt", "n_tokens", *_ARRAY_DTYPES) if c not in table.column_names]
+        if missing:
+            raise UserError(f"{path}: corrupt trace (missing columns {missing})")
         n_prompt = table.column("n_prompt").to_numpy()
         n_tokens = table.column("n_tokens").to_numpy()
         flat = {name: _flat_column(table, name) for name in _ARRAY_DTYPES}
-    except (pa.ArrowException, ValueError, TypeError, AttributeError) as exc:
+    except _READ_ERRORS as exc:
         raise UserError(f"{path}: corrupt trace columns ({str(exc).splitlines()[0][:120]})") from None
     sequences = []
     for i in range(table.num_rows):
@@ -257,7 +265,7 @@ def read_trace(path: str | Path) -> LookaheadTrace:
             chunk = values[offsets[i]:offsets[i + 1]]
             if chunk.size != int(np.prod(shapes[name])):
                 raise UserError(f"{path}: sequence {i} column {name} holds {chunk.size} values, expected "
-                                f"{int(np.prod(shapes[name]))} for shape {shapes[name]} of model {meta.model.name}")
+                                f"{int(np.prod(shapes[name]))} for shape {shapes[name]} of {_geometry(meta)}")
             arrays[name] = chunk.astype(_ARRAY_DTYPES[name], copy=False).reshape(shapes[name])
         seq = SequenceTrace(**arrays)
         validate_sequence(meta, seq, f"{path}: sequence {i}")
