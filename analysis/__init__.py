@@ -1,0 +1,1 @@
+"""Metrics, tables and plots regenerated from saved results."""
