@@ -64,7 +64,7 @@ class TraceMeta:
     def __post_init__(self) -> None:
         if self.k_max < 0 or (self.lookahead and self.k_max < 1):
             raise ValueError(f"TraceMeta.k_max={self.k_max}: a lookahead trace needs k_max >= 1")
-        if not self.routing_source.split(":", 1)[0] in ("hf", "synthetic", "import"):
+        if self.routing_source.split(":", 1)[0] not in ("hf", "synthetic", "import"):
             raise ValueError(f"TraceMeta.routing_source={self.routing_source!r} must start with hf:, synthetic: or import:")
 
     def to_json(self) -> str:

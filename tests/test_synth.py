@@ -60,7 +60,7 @@ def test_verify_routing_is_the_target_routing_on_the_greedy_path():
 
 def test_same_seed_same_trace_other_seed_other_trace():
     a, b, c = make(seed=1), make(seed=1), make(seed=2)
-    assert all(np.array_equal(x.target_ids, y.target_ids) for x, y in zip(a.sequences, b.sequences))
+    assert all(np.array_equal(x.target_ids, y.target_ids) for x, y in zip(a.sequences, b.sequences, strict=True))
     assert not np.array_equal(a.sequences[0].target_ids, c.sequences[0].target_ids)
 
 

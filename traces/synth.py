@@ -170,7 +170,7 @@ def _draft_tokens(tokens: np.ndarray, cfg: SynthConfig, rng: np.random.Generator
 
 
 def _sequence(cfg: SynthConfig, model: _RoutingModel, rng: np.random.Generator) -> SequenceTrace:
-    spec, J = cfg.model, cfg.k_max  # noqa: N806
+    spec = cfg.model
     prompt_ids = model.chain(cfg.prompt_len)  # [P, L, K]
     target_ids = model.chain(cfg.tokens, prev=prompt_ids[-1:])  # [N, L, K]
     tokens = rng.integers(0, spec.vocab, size=cfg.tokens)
