@@ -1,0 +1,1 @@
+"""CuPy runtime: array backend, CUDA kernels, expert store, calibration (NumPy fallback on CPU)."""

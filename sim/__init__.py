@@ -1,0 +1,1 @@
+"""SimPy simulator of offloaded MoE decoding (see DESIGN §1, §5)."""
