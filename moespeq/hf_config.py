@@ -58,7 +58,9 @@ def spec_fields_from_hf_config(config: dict[str, Any], where: str) -> dict[str, 
                           norm="layer", lm_head_bias=bool(config.get("lm_head_bias", True)))
     elif arch in ("qwen2_moe", "qwen3_moe"):
         first_dense = _first_dense_of_qwen(config, fields["layers"], where)
-        fields.update(experts=int(_require(config, "num_experts", where)),
+        # transformers >= 5 saves qwen3_moe's expert count as num_local_experts (the hub configs say num_experts)
+        experts_key = "num_experts" if "num_experts" in config else "num_local_experts"
+        fields.update(experts=int(_require(config, experts_key, where)),
                       moe_ffn=int(_require(config, "moe_intermediate_size", where)),
                       first_dense=first_dense,
                       dense_ffn=int(config.get("intermediate_size") or 0) if first_dense else 0)
