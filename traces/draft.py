@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moespeq.spec import QuantSpec
+from moespeq.spec import ModelSpec, QuantSpec
 from moespeq.traces import quantize
 from moespeq.traces.hf_model import Checkpoint
 
@@ -64,13 +64,18 @@ def draft_weights(ckpt: Checkpoint, draft: DraftExperts) -> Iterator[None]:
             layer.experts.gate_up_proj, layer.experts.down_proj = gate_up, down
 
 
-def build_draft(ckpt: Checkpoint, quant: QuantSpec, calib: Sequence[Sequence[int]] = ()) -> DraftExperts:
-    """Quantize every routed expert by `quant.method` (rtn, or gptq on the calibration token lists)."""
+def check_quantizable(spec: ModelSpec, quant: QuantSpec) -> None:
+    """ValueError unless both expert input sizes (D for gate_up, F for down) are whole groups."""
     if quant.method not in ("rtn", "gptq"):
         raise ValueError(f"QuantSpec.method={quant.method!r}: a collected draft is 'rtn' or 'gptq'")
-    for name, size in (("hidden", ckpt.spec.hidden), ("expert FFN", ckpt.spec.moe_ffn)):
+    for name, size in (("hidden", spec.hidden), ("expert FFN", spec.moe_ffn)):
         if size % quant.group:
-            raise ValueError(f"{ckpt.spec.name}: {name} size {size} is not a multiple of the INT4 group {quant.group}")
+            raise ValueError(f"{spec.name}: {name} size {size} is not a multiple of the INT4 group {quant.group}")
+
+
+def build_draft(ckpt: Checkpoint, quant: QuantSpec, calib: Sequence[Sequence[int]] = ()) -> DraftExperts:
+    """Quantize every routed expert by `quant.method` (rtn, or gptq on the calibration token lists)."""
+    check_quantizable(ckpt.spec, quant)
     if quant.method == "rtn":
         return _rtn_draft(ckpt, quant)
     if not calib:

@@ -35,19 +35,20 @@ def run(args) -> int:
 
     from moespeq.trace import write_trace
     from moespeq.traces.collect import DEFAULT_PROMPTS, CollectConfig, collect, read_prompts
+    from moespeq.traces.draft import check_quantizable
     from moespeq.traces.hf_model import check_checkpoint_folder, load_checkpoint
 
     cfg = make_config(CollectConfig, max_new_tokens=args.max_new_tokens, k_max=args.k_max, draft=args.draft)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    check_checkpoint_folder(Path(args.model))
+    try:  # before loading anything: the folder, the architecture, and expert sizes that INT4 groups can split
+        check_quantizable(check_checkpoint_folder(Path(args.model)), cfg.quant)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
     calib = read_prompts(args.calib_prompts) if args.calib_prompts else prompts
     ckpt = load_checkpoint(args.model, args.device, args.dtype)
-    try:
-        trace = collect(ckpt, prompts, cfg, calib_prompts=calib)
-    except ValueError as exc:  # e.g. a hidden size that is not a multiple of the INT4 group
-        raise UserError(str(exc)) from None
+    trace = collect(ckpt, prompts, cfg, calib_prompts=calib)
     write_trace(trace, args.out)
     extra = trace.meta.extra
     if args.json:
