@@ -188,10 +188,10 @@ def validate_sequence(meta: TraceMeta, seq: SequenceTrace, where: str) -> None:
 
 # ---- Parquet I/O ------------------------------------------------------------------------------------
 
-_ARRAY_DTYPES = {"prompt_tokens": TOKEN_DTYPE, "tokens": TOKEN_DTYPE, "draft_tokens": TOKEN_DTYPE}
-for _name in _ROUTING:
-    _ARRAY_DTYPES[f"{_name}_ids"] = ID_DTYPE
-    _ARRAY_DTYPES[f"{_name}_weights"] = WEIGHT_DTYPE
+_ARRAY_DTYPES: dict[str, type[np.generic]] = {
+    "prompt_tokens": TOKEN_DTYPE, "tokens": TOKEN_DTYPE, "draft_tokens": TOKEN_DTYPE,
+    **{f"{name}_ids": ID_DTYPE for name in _ROUTING}, **{f"{name}_weights": WEIGHT_DTYPE for name in _ROUTING},
+}
 _ARROW_TYPES = {np.dtype(ID_DTYPE): pa.int16(), np.dtype(WEIGHT_DTYPE): pa.float32(), np.dtype(TOKEN_DTYPE): pa.int64()}
 
 
