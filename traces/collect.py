@@ -20,7 +20,8 @@ then the last y and still gets its position's lookahead).
 Dimension letters: P prompt tokens, N generated tokens, J draft steps, L MoE layers, K top-k.
 
 Usage:
-    trace = collect(load_checkpoint("ckpt"), ["Once upon a time"], CollectConfig(max_new_tokens=32))
+    ckpt, cfg = load_checkpoint("ckpt"), CollectConfig(max_new_tokens=32)
+    trace = collect(ckpt, ["Once upon a time"], cfg, make_draft(ckpt, cfg))
 """
 
 from __future__ import annotations
@@ -188,13 +189,17 @@ def _eos_ids(ckpt: Checkpoint) -> set[int]:
     return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
 
 
-def collect(ckpt: Checkpoint, prompts: Sequence[str], cfg: CollectConfig,
-            calib_prompts: Sequence[str] = (), progress: bool = True) -> LookaheadTrace:
-    """The lookahead trace of greedy decoding on every prompt; statistics go to meta.extra."""
+def make_draft(ckpt: Checkpoint, cfg: CollectConfig, calib_prompts: Sequence[str] = ()) -> DraftExperts:
+    """The INT4 draft `cfg.draft` asks for (GPTQ calibrates on `calib_prompts`)."""
+    return build_draft(ckpt, cfg.quant, tokenize(ckpt, calib_prompts) if cfg.quant.method == "gptq" else ())
+
+
+def collect(ckpt: Checkpoint, prompts: Sequence[str], cfg: CollectConfig, draft: DraftExperts,
+            progress: bool = True) -> LookaheadTrace:
+    """The lookahead trace of greedy decoding on every prompt with `draft` (from make_draft); stats in meta.extra."""
     import torch
     import transformers
 
-    draft = build_draft(ckpt, cfg.quant, tokenize(ckpt, calib_prompts) if cfg.quant.method == "gptq" else ())
     token_lists = tokenize(ckpt, prompts)
     sequences = []
     with torch.inference_mode(), RoutingRecorder(ckpt) as recorder:
@@ -205,10 +210,10 @@ def collect(ckpt: Checkpoint, prompts: Sequence[str], cfg: CollectConfig,
     extra = {
         "collector": {"max_new_tokens": cfg.max_new_tokens, "draft": cfg.draft, "device": ckpt.device,
                       "dtype": ckpt.dtype, "torch": torch.__version__, "transformers": transformers.__version__,
-                      "calib_prompts": len(calib_prompts) if cfg.quant.method == "gptq" else 0},
+                      "calib_prompts": draft.stats.get("calib_prompts", 0)},
         "draft_quantization": draft.stats,
         **lookahead_stats(sequences),
     }
     meta = TraceMeta(model=ckpt.spec, k_max=cfg.k_max, routing_source=f"hf:{ckpt.path}", lookahead=True,
-                     draft_quant=cfg.quant, prompts=list(prompts), tool_version=__version__, extra=extra)
+                     draft_quant=draft.quant, prompts=list(prompts), tool_version=__version__, extra=extra)
     return LookaheadTrace(meta, sequences)

@@ -34,7 +34,7 @@ def run(args) -> int:
     import torch
 
     from moespeq.trace import write_trace
-    from moespeq.traces.collect import DEFAULT_PROMPTS, CollectConfig, collect, read_prompts
+    from moespeq.traces.collect import DEFAULT_PROMPTS, CollectConfig, collect, make_draft, read_prompts
     from moespeq.traces.draft import check_quantizable
     from moespeq.traces.hf_model import check_checkpoint_folder, load_checkpoint
 
@@ -48,7 +48,7 @@ def run(args) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else list(DEFAULT_PROMPTS)
     calib = read_prompts(args.calib_prompts) if args.calib_prompts else prompts
     ckpt = load_checkpoint(args.model, args.device, args.dtype)
-    trace = collect(ckpt, prompts, cfg, calib_prompts=calib)
+    trace = collect(ckpt, prompts, cfg, make_draft(ckpt, cfg, calib))
     write_trace(trace, args.out)
     extra = trace.meta.extra
     if args.json:
