@@ -182,3 +182,34 @@ def test_inspect_and_export_read_a_collected_trace(collected, tmp_path, capsys):
     assert "hf:" in capsys.readouterr().out
     assert main(["export", str(out), "--out", str(tmp_path / "t.jsonl")]) == 0
     assert (tmp_path / "t.jsonl").read_text().count('"kind": "draft"') > 0
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "qwen3_moe", "deepseek_v2"])
+def test_verify_routing_is_one_verification_pass(collected, arch):
+    """V[n] equals the routing of x_0..x_J in one target forward on the prefix (the collector splits it in two)."""
+    from transformers import DynamicCache
+
+    ckpt, trace = collected(arch)
+    model, _ = _load(ckpt)
+    calls = [[] for _ in _moe_mlps(model)]
+    handles = [(m.router if hasattr(m, "router") else m.gate).register_forward_hook(
+        lambda mod, a, out, s=slot: calls[s].append((out[2].clone(), out[1].clone())))
+        for slot, m in enumerate(_moe_mlps(model))]
+    seq = trace.sequences[1]
+    for n in (0, 2):
+        prefix = seq.prompt_tokens.tolist() + seq.tokens[:n].tolist()
+        cache = DynamicCache(config=model.config)
+        kv = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+        with torch.no_grad():
+            model(torch.tensor([prefix]), use_cache=True, **kv)
+            for c in calls:
+                c.clear()
+            model(torch.tensor([[int(seq.tokens[n]), *seq.draft_tokens[n].tolist()]]), use_cache=True, **kv)
+        for layer, ((ids, w),) in enumerate(calls):
+            for j in range(K_MAX + 1):
+                want = _as_dict(ids[j].numpy(), w[j].float().numpy())
+                got = _as_dict(seq.verify_ids[n, j, layer], seq.verify_weights[n, j, layer])
+                assert want.keys() == got.keys()
+                np.testing.assert_allclose([got[e] for e in want], list(want.values()), rtol=1e-4, atol=1e-6)
+    for h in handles:
+        h.remove()
