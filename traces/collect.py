@@ -134,6 +134,21 @@ class _Stepper:
         return next_token, ids, weights
 
 
+def _draft_rollout(step: _Stepper, draft: DraftExperts, x0: int, cache: Any,
+                   n_steps: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The draft's greedy tokens d[1..J] from x_0 and its routing [J, L, K]; the cache is left as it was."""
+    proposed, ids, weights = [], [], []
+    with draft_weights(step.ckpt, draft):
+        x = x0
+        for _ in range(n_steps):
+            x, ids_j, weights_j = step.forward([x], cache)  # consumes x_{j-1}
+            proposed.append(x)
+            ids.append(ids_j[0])
+            weights.append(weights_j[0])
+    cache.crop(-n_steps)  # the draft's own KV entries are never kept
+    return proposed, np.stack(ids), np.stack(weights)
+
+
 def _collect_sequence(step: _Stepper, prompt: Sequence[int], cfg: CollectConfig, draft: DraftExperts,
                       eos: set[int], bar: tqdm) -> SequenceTrace:
     n_steps = cfg.k_max
@@ -144,22 +159,13 @@ def _collect_sequence(step: _Stepper, prompt: Sequence[int], cfg: CollectConfig,
     for n in range(cfg.max_new_tokens):
         y = tokens[n]
         # ---- 1. draft: J greedy tokens from the shared prefix, consuming x_0 .. x_{J-1}
-        proposed, d_ids, d_w = [], [], []
-        with draft_weights(step.ckpt, draft):
-            x = y
-            for _ in range(n_steps):
-                x, ids, w = step.forward([x], cache)
-                proposed.append(x)
-                d_ids.append(ids[0])
-                d_w.append(w[0])
-        cache.crop(-n_steps)
+        proposed, d_ids, d_w = _draft_rollout(step, draft, y, cache, n_steps)
         # ---- 2. target decode step on y[n]
         y_next, r_ids, r_w = step.forward([y], cache)
         # ---- 3. verify x_1 .. x_J (x_0 = y[n] is in the cache from step 2)
         _, v_ids, v_w = step.forward(proposed, cache)
         cache.crop(-n_steps)
-        for key, value in (("R_ids", r_ids[0]), ("R_w", r_w[0]), ("d", np.array(proposed)),
-                           ("D_ids", np.stack(d_ids)), ("D_w", np.stack(d_w)),
+        for key, value in (("R_ids", r_ids[0]), ("R_w", r_w[0]), ("d", np.array(proposed)), ("D_ids", d_ids), ("D_w", d_w),
                            ("V_ids", np.concatenate([r_ids, v_ids])), ("V_w", np.concatenate([r_w, v_w]))):
             rows[key].append(value)
         bar.update(1)

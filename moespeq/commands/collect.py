@@ -58,8 +58,9 @@ def run(args) -> int:
           f"draft {cfg.draft} (group {cfg.group}), {ckpt.device} {ckpt.dtype}; routing {trace.meta.routing_source}")
     if cfg.quant.method == "gptq":
         q = extra["draft_quantization"]
-        print(f"GPTQ on {q['calib_prompts']} calibration prompts ({q['calib_tokens']} tokens): expert output error "
-              f"{q['output_error_gptq']:.4g} vs RTN {q['output_error_rtn']:.4g}")
+        source = args.calib_prompts or "the collection prompts (no --calib-prompts given)"
+        print(f"GPTQ on {q['calib_prompts']} calibration prompts ({q['calib_tokens']} tokens) from {source}: "
+              f"expert output error on them {q['output_error_gptq']:.4g} vs RTN {q['output_error_rtn']:.4g}")
     _print_stats(extra)
     print(f"wrote {args.out}")
     return 0
