@@ -90,6 +90,10 @@ class ModelSpec:
     source: str = ""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), {"int": int, "str": str, "bool": bool}[str(f.type)]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"ModelSpec.{f.name}={value!r} must be of type {f.type}")
         if self.arch not in SUPPORTED_ARCHS:
             raise ValueError(f"ModelSpec.arch={self.arch!r} is not supported: use one of {', '.join(SUPPORTED_ARCHS)}")
         for name in ("layers", "experts", "top_k", "hidden", "moe_ffn", "heads", "kv_heads", "head_dim", "vocab"):

@@ -14,7 +14,8 @@ position lets the simulator replay any draft length and any cycle boundaries. Pe
 where x_0 = y[n] and x_i = d[n, i] (1-based j). A cycle at n with draft length k drafts with D[n, :k] (the
 Expert Lookahead Buffer), verifies the k+1 inputs x_0..x_k with V[n, :k+1] (so V[n, 0] == R[n]), and
 accepts the longest prefix of d[n, :k] equal to y[n+1 : n+1+k] plus one target token. Ids are int16,
-gate weights float32, each top-k row in the router's order (largest weight first).
+gate weights float32, each top-k row in the router's selection order (largest weight first for
+softmax-top-k routers; Phi-3.5-MoE's sparsemixer picks its first expert, then its second).
 
 Importers fill only prompt and target routing: J = 0 and `meta.lookahead` is False.
 
@@ -62,6 +63,14 @@ class TraceMeta:
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        types = {"k_max": int, "routing_source": str, "lookahead": bool, "prompts": list, "tool_version": str,
+                 "extra": dict, "version": int}
+        for name, kind in types.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"TraceMeta.{name}={value!r} must be of type {kind.__name__}")
+        if not all(isinstance(p, str) for p in self.prompts):
+            raise ValueError("TraceMeta.prompts must be a list of strings")
         if self.k_max < 0 or (self.lookahead and self.k_max < 1):
             raise ValueError(f"TraceMeta.k_max={self.k_max}: a lookahead trace needs k_max >= 1")
         if self.routing_source.split(":", 1)[0] not in ("hf", "synthetic", "import"):
@@ -242,34 +251,51 @@ def _read_table(path: Path) -> tuple[pa.Table, TraceMeta]:
     return table, meta
 
 
+def _expected_schema() -> dict[str, pa.DataType]:
+    return {"n_prompt": pa.int32(), "n_tokens": pa.int32(),
+            **{name: pa.list_(_ARROW_TYPES[np.dtype(dtype)]) for name, dtype in _ARRAY_DTYPES.items()}}
+
+
+def _columns(table: pa.Table, path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Lengths and flat (offsets, values) per array column, after checking names, types and nulls."""
+    for name, arrow_type in _expected_schema().items():
+        if name not in table.column_names:
+            raise UserError(f"{path}: corrupt trace (missing column {name!r})")
+        column = table.column(name)
+        if column.type != arrow_type or column.null_count:
+            raise UserError(f"{path}: corrupt trace (column {name!r} is {column.type} with {column.null_count} nulls, "
+                            f"expected {arrow_type} without nulls)")
+    flat = {name: _flat_column(table, name) for name in _ARRAY_DTYPES}
+    return table.column("n_prompt").to_numpy(), table.column("n_tokens").to_numpy(), flat
+
+
+def _sequence_from_columns(meta: TraceMeta, i: int, n_prompt: int, n_tokens: int,
+                           flat: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> SequenceTrace:
+    if n_prompt < 0 or n_tokens < 0:
+        raise UserError(f"{path}: sequence {i} has a negative length")
+    shapes = expected_shapes(meta, n_prompt, n_tokens)
+    arrays = {}
+    for name, (offsets, values) in flat.items():
+        chunk = values[offsets[i]:offsets[i + 1]]
+        if chunk.size != int(np.prod(shapes[name])):
+            raise UserError(f"{path}: sequence {i} column {name} holds {chunk.size} values, expected "
+                            f"{int(np.prod(shapes[name]))} for shape {shapes[name]} of {_geometry(meta)}")
+        arrays[name] = chunk.astype(_ARRAY_DTYPES[name], copy=False).reshape(shapes[name])
+    seq = SequenceTrace(**arrays)
+    validate_sequence(meta, seq, f"{path}: sequence {i}")
+    return seq
+
+
 def read_trace(path: str | Path) -> LookaheadTrace:
     """Load and validate; any problem is a one-line UserError naming the file."""
     path = Path(path)
     table, meta = _read_table(path)
     try:
-        missing = [c for c in ("n_prompt", "n_tokens", *_ARRAY_DTYPES) if c not in table.column_names]
-        if missing:
-            raise UserError(f"{path}: corrupt trace (missing columns {missing})")
-        n_prompt = table.column("n_prompt").to_numpy()
-        n_tokens = table.column("n_tokens").to_numpy()
-        flat = {name: _flat_column(table, name) for name in _ARRAY_DTYPES}
+        n_prompt, n_tokens, flat = _columns(table, path)
+        sequences = [_sequence_from_columns(meta, i, int(n_prompt[i]), int(n_tokens[i]), flat, path)
+                     for i in range(table.num_rows)]
     except _READ_ERRORS as exc:
         raise UserError(f"{path}: corrupt trace columns ({str(exc).splitlines()[0][:120]})") from None
-    sequences = []
-    for i in range(table.num_rows):
-        if n_prompt[i] < 0 or n_tokens[i] < 0:
-            raise UserError(f"{path}: sequence {i} has a negative length")
-        shapes = expected_shapes(meta, int(n_prompt[i]), int(n_tokens[i]))
-        arrays = {}
-        for name, (offsets, values) in flat.items():
-            chunk = values[offsets[i]:offsets[i + 1]]
-            if chunk.size != int(np.prod(shapes[name])):
-                raise UserError(f"{path}: sequence {i} column {name} holds {chunk.size} values, expected "
-                                f"{int(np.prod(shapes[name]))} for shape {shapes[name]} of {_geometry(meta)}")
-            arrays[name] = chunk.astype(_ARRAY_DTYPES[name], copy=False).reshape(shapes[name])
-        seq = SequenceTrace(**arrays)
-        validate_sequence(meta, seq, f"{path}: sequence {i}")
-        sequences.append(seq)
     if not sequences:
         raise UserError(f"{path}: the trace holds no sequences")
     return LookaheadTrace(meta, sequences)

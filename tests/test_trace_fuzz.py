@@ -48,3 +48,32 @@ def test_mutated_valid_files(tmp_path, valid_bytes, edits, cut):
     if cut is not None:
         data = data[: cut % len(data)]
     load(tmp_path, bytes(data))
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                           max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key_index=st.integers(min_value=0), value=JSON_VALUES, in_model=st.booleans())
+def test_mutated_metadata(tmp_path, valid_bytes, key_index, value, in_model):
+    """Type confusion in the JSON metadata (the part a hand-edited trace gets wrong) stays a clean error."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from moespeq.trace import META_KEY
+
+    src = tmp_path / "src.parquet"
+    src.write_bytes(valid_bytes)
+    table = pq.read_table(src)
+    meta = json.loads(table.schema.metadata[META_KEY])
+    target = meta["model"] if in_model else meta
+    key = sorted(target)[key_index % len(target)]
+    target[key] = value
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}), tmp_path / "case.parquet")
+    try:
+        read_trace(tmp_path / "case.parquet")
+    except UserError as exc:
+        assert "\n" not in str(exc)
