@@ -7,11 +7,12 @@ hard = same set in the same order, soft = same set in another order, miss = a di
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from moespeq.trace import LookaheadTrace
+from moespeq.trace import LookaheadTrace, SequenceTrace
 
 
 def expert_counts(trace: LookaheadTrace) -> np.ndarray:
@@ -45,35 +46,65 @@ def reuse_rate(trace: LookaheadTrace) -> np.ndarray:
     return hits / max(total, 1)
 
 
+def agreement_counts(draft_ids: np.ndarray, verify_ids: np.ndarray) -> np.ndarray:
+    """[L, 3] counts of (hard, soft, miss) for draft_ids [N, J, L, K] against verify_ids [N, J(+1), L, K]."""
+    draft, verify = draft_ids, verify_ids[:, : draft_ids.shape[1]]  # V[n, j] routes the same input as D[n, j]
+    hard = (draft == verify).all(axis=-1)  # [N, J, L]
+    same_set = (np.sort(draft, axis=-1) == np.sort(verify, axis=-1)).all(axis=-1)
+    return np.stack([m.sum(axis=(0, 1)) for m in (hard, same_set & ~hard, ~same_set)], axis=1)  # [L, 3]
+
+
+def acceptance_counts(seq: SequenceTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per draft position j: (positions whose future is known, 1..j accepted, 1..j-1 accepted), [J] each."""
+    n, n_steps = seq.draft_tokens.shape
+    accepted = seq.accepted()  # [N, J] cumulative
+    known = np.arange(n)[:, None] + 1 + np.arange(n_steps)[None, :] < n  # y[n + 1 + j] exists (0-based j)
+    before = np.concatenate([np.ones((n, 1), bool), accepted[:, :-1]], axis=1)
+    return known.sum(axis=0), (accepted & known).sum(axis=0), (before & known).sum(axis=0)
+
+
 def agreement(trace: LookaheadTrace) -> dict[str, np.ndarray]:
     """Per-layer fractions {"hard", "soft", "miss"} [L] of draft vs verify routing over all draft inputs."""
-    spec = trace.meta.model
-    hard, soft, total = np.zeros(spec.moe_layers), np.zeros(spec.moe_layers), 0
-    for seq in trace.sequences:
-        if seq.draft_ids.size == 0:
-            continue
-        draft, verify = seq.draft_ids, seq.verify_ids[:, : seq.draft_ids.shape[1]]  # [N, J, L, K] each
-        same_order = (draft == verify).all(axis=-1)
-        same_set = (np.sort(draft, axis=-1) == np.sort(verify, axis=-1)).all(axis=-1)
-        hard += same_order.sum(axis=(0, 1))
-        soft += (same_set & ~same_order).sum(axis=(0, 1))
-        total += draft.shape[0] * draft.shape[1]
-    total = max(total, 1)
-    return {"hard": hard / total, "soft": soft / total, "miss": 1 - (hard + soft) / total}
+    counts = np.sum([agreement_counts(s.draft_ids, s.verify_ids) for s in trace.sequences], axis=0)  # [L, 3]
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    return {name: fractions[:, i] for i, name in enumerate(("hard", "soft", "miss"))}
 
 
 def acceptance_by_position(trace: LookaheadTrace) -> np.ndarray:
-    """[J] P(draft token j accepted | tokens 1..j-1 accepted), over positions whose future is known."""
-    J = trace.meta.k_max if trace.meta.lookahead else 0  # noqa: N806
-    accepted, offered = np.zeros(J), np.zeros(J)
-    for seq in trace.sequences:
-        acc = seq.accepted()  # [N, J]
-        for j in range(J):
-            known = np.arange(seq.n_tokens) + j + 1 < seq.n_tokens
-            prior = acc[:, j - 1] if j else np.ones(seq.n_tokens, bool)
-            offered[j] += (known & prior).sum()
-            accepted[j] += (known & acc[:, j]).sum()
+    """[J] P(draft token j accepted | tokens 1..j-1 accepted): the governor's p_j (paper §3.2)."""
+    if not trace.meta.lookahead:
+        return np.zeros(0)
+    _, accepted, offered = _acceptance_totals(trace.sequences)
     return accepted / np.maximum(offered, 1)
+
+
+def _acceptance_totals(sequences: Sequence[SequenceTrace]) -> np.ndarray:
+    """[3, J] acceptance_counts summed over sequences."""
+    return np.sum([np.stack(acceptance_counts(s)) for s in sequences], axis=0)
+
+
+def lookahead_stats(sequences: Sequence[SequenceTrace]) -> dict[str, Any]:
+    """Agreement per layer and overall, and acceptance by draft position (cumulative and conditional), as
+    JSON-ready fractions; None where nothing was measured. `collect` prints and stores these."""
+    counts = np.sum([agreement_counts(s.draft_ids, s.verify_ids) for s in sequences], axis=0)  # [L, 3]
+    known, cumulative, before = _acceptance_totals(sequences)
+    return {
+        "agreement": {"layers": [_fractions(row) for row in counts], "overall": _fractions(counts.sum(axis=0))},
+        "acceptance": [
+            {"position": j + 1, "known": int(known[j]),
+             "cumulative": _ratio(cumulative[j], known[j]), "conditional": _ratio(cumulative[j], before[j])}
+            for j in range(len(known))
+        ],
+    }
+
+
+def _fractions(row: np.ndarray) -> dict[str, Any]:
+    total = int(row.sum())
+    return {name: _ratio(row[i], total) for i, name in enumerate(("hard", "soft", "miss"))} | {"inputs": total}
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    return float(num) / float(den) if den else None
 
 
 def summarize(trace: LookaheadTrace) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from moespeq import __version__
 from moespeq.errors import UserError
 from moespeq.spec import QuantSpec
 from moespeq.trace import ID_DTYPE, TOKEN_DTYPE, WEIGHT_DTYPE, LookaheadTrace, SequenceTrace, TraceMeta
-from moespeq.traces.agreement import lookahead_stats
+from moespeq.trace_stats import lookahead_stats
 from moespeq.traces.draft import DraftExperts, build_draft, draft_weights
 from moespeq.traces.hf_model import Checkpoint, RoutingRecorder
 
