@@ -1,0 +1,184 @@
+"""The GPU expert cache as pure bookkeeping: which expert sits in which slot, and what may be evicted.
+
+Slots hold bf16 routed experts. They form one pool shared by all layers, or one pool per layer (as in
+Mixtral-Offloading). Each expert (flat index f = layer * E + expert) is ABSENT, LOADING (a copy into its
+slot is in flight) or RESIDENT. The driver (simulator or runtime) tells the cache what happens:
+
+  access(layer, experts)   a verify/decode layer routed to these experts (counts coverage, feeds the rule)
+  hold / release           experts the running layer still needs: never evicted while held
+  reserve(f, demand)       a copy of f is about to start: returns OK with the evicted victim (or -1 for a
+                           free slot), NO_ROOM (every slot is loading or held; a demand copy waits for a
+                           release), or REFUSED (the rule will not let a prefetch evict any candidate)
+  landed(f)                the copy finished
+
+and asks nothing about time. Counters are in `counters` (tests and metrics read them, not private fields).
+
+Usage:
+    cache = ExpertCache(layers=32, experts=16, capacity=[113], eviction=make_eviction("lru", 32, 16))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from moespeq.policy.eviction import EvictionPolicy
+
+ABSENT, LOADING, RESIDENT = 0, 1, 2
+OK, NO_ROOM, REFUSED = 0, 1, 2
+
+
+@dataclass
+class CacheCounters:
+    needed: int = 0  # (layer, expert) pairs a step required, each counted once per step and layer
+    hits: int = 0  # of those, resident when the layer asked (the paper's per-step coverage numerator)
+    loads_demand: int = 0  # copies started because a layer needed a missing expert
+    loads_prefetch: int = 0  # copies started by a prefetcher
+    evictions: int = 0
+    prefetch_useful: int = 0  # prefetched experts that a layer used before they were evicted
+    prefetch_timely: int = 0  # ... and that had landed by then
+    prefetch_wasted: int = 0  # prefetched experts evicted without a use
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def split_slots(total: int, layers: int, experts: int, tilt: float = 0.0) -> list[int]:
+    """Slots per layer for a per-layer pool: weight 1 + tilt * (1 - 2 l / (L - 1)), largest remainders.
+
+    tilt 0 is the even split (the remainder goes to the earliest layers); tilt > 0 favors early layers,
+    whose experts verification needs first. Every layer gets at least one slot and at most E.
+    """
+    if total < layers:
+        raise ValueError(f"{total} cache slots cannot give each of {layers} layers a slot")
+    pos = np.arange(layers) / max(layers - 1, 1)
+    weight = 1.0 + tilt * (1.0 - 2.0 * pos) + 1e-9 * (layers - np.arange(layers))  # [L]; ties to early layers
+    share = weight / weight.sum() * total
+    slots = np.maximum(np.floor(share).astype(np.int64), 1)
+    while slots.sum() > total:
+        slots[np.argmax(slots)] -= 1
+    order = np.argsort(-(share - np.floor(share)), kind="stable")
+    i = 0
+    while slots.sum() < total and i < 4 * layers:
+        layer = order[i % layers]
+        if slots[layer] < experts:
+            slots[layer] += 1
+        i += 1
+    return [int(min(s, experts)) for s in slots]
+
+
+class ExpertCache:
+    """Residency of L x E experts in pools of slots, with an eviction rule (moespeq.policy.eviction)."""
+
+    def __init__(self, layers: int, experts: int, capacity: Sequence[int], eviction: EvictionPolicy) -> None:
+        if len(capacity) not in (1, layers) or min(capacity) < 1:
+            raise ValueError(f"capacity {list(capacity)}: one global size or one size per layer, each >= 1")
+        self.L, self.E, self.eviction = layers, experts, eviction
+        n = layers * experts
+        self.state = np.zeros(n, dtype=np.int8)
+        self.held = np.zeros(n, dtype=bool)
+        self.prefetched = np.zeros(n, dtype=bool)  # loaded by a prefetcher and not used yet
+        self.slot_of = np.full(n, -1, dtype=np.int32)
+        self.per_layer = len(capacity) == layers and layers > 1
+        caps = [min(c, experts if self.per_layer else n) for c in capacity]
+        self.capacity = caps
+        self._range = [(p * experts, (p + 1) * experts) for p in range(layers)] if self.per_layer else [(0, n)]
+        starts = np.concatenate([[0], np.cumsum(caps)[:-1]])
+        self._free = [list(range(s + c - 1, s - 1, -1)) for s, c in zip(starts.tolist(), caps, strict=True)]
+        self._used = [0] * len(caps)
+        self.clock = 0
+        self.step = 0
+        self.counters = CacheCounters()
+
+    @property
+    def slots(self) -> int:
+        return int(sum(self.capacity))
+
+    def _pool(self, flat: int) -> int:
+        return flat // self.E if self.per_layer else 0
+
+    # ---- told by the driver -------------------------------------------------------------------------
+    def progress(self, step: int, layer: int) -> None:
+        """Decoding is at `step`, computing `layer` (-1 before the first layer)."""
+        self.step = step
+        self.eviction.progress(step, max(layer, 0))
+
+    def access(self, layer: int, experts: np.ndarray) -> np.ndarray:
+        """A layer needs these distinct experts [n]; returns which were resident [n] bool."""
+        flat = layer * self.E + experts
+        state = self.state[flat]
+        hit = state == RESIDENT
+        c = self.counters
+        c.needed += flat.size
+        c.hits += int(hit.sum())
+        was_prefetched = self.prefetched[flat]
+        if was_prefetched.any():
+            c.prefetch_useful += int(was_prefetched.sum())
+            c.prefetch_timely += int((was_prefetched & hit).sum())
+            self.prefetched[flat] = False
+        self.eviction.on_access(flat, self.clock)
+        self.clock += 1
+        return hit
+
+    def hold(self, flat: np.ndarray) -> None:
+        self.held[flat] = True
+
+    def release(self, flat: np.ndarray) -> None:
+        self.held[flat] = False
+
+    # ---- asked by the copy engine ---------------------------------------------------------------------
+    def reserve(self, flat: int, demand: bool) -> tuple[int, int]:
+        """Claim a slot for a copy of `flat`: (OK, victim or -1), (NO_ROOM, -1) or (REFUSED, victim)."""
+        if self.state[flat] != ABSENT:
+            raise RuntimeError(f"expert {divmod(flat, self.E)} is already loading or resident")
+        pool = self._pool(flat)
+        victim = -1
+        if self._used[pool] >= self.capacity[pool]:
+            lo, hi = self._range[pool]
+            candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
+            if not candidates.any():
+                return NO_ROOM, -1
+            victim = self.eviction.victim(candidates, lo)
+            if not demand and not self.eviction.admit(flat, victim):
+                return REFUSED, victim
+            self._evict(victim)
+        self._used[pool] += 1
+        self.state[flat] = LOADING
+        self.slot_of[flat] = self._free[pool].pop()
+        self.prefetched[flat] = not demand
+        if demand:
+            self.counters.loads_demand += 1
+        else:
+            self.counters.loads_prefetch += 1
+        return OK, victim
+
+    def _evict(self, victim: int) -> None:
+        pool = self._pool(victim)
+        if self.prefetched[victim]:
+            self.counters.prefetch_wasted += 1
+            self.prefetched[victim] = False
+        self.counters.evictions += 1
+        self.state[victim] = ABSENT
+        self._free[pool].append(int(self.slot_of[victim]))
+        self.slot_of[victim] = -1
+        self._used[pool] -= 1
+
+    def landed(self, flat: int) -> None:
+        self.state[flat] = RESIDENT
+        self.eviction.on_insert(flat, self.clock)
+
+    def preload(self, flat: Sequence[int]) -> None:
+        """Make experts resident without counting loads (a warm start), as far as free slots allow."""
+        for f in flat:
+            pool = self._pool(f)
+            if self.state[f] == ABSENT and self._used[pool] < self.capacity[pool]:
+                self._used[pool] += 1
+                self.slot_of[f] = self._free[pool].pop()
+                self.state[f] = RESIDENT
+
+    # ---- snapshots ------------------------------------------------------------------------------------
+    def resident_mask(self) -> np.ndarray:
+        """[L, E] bool: resident now."""
+        return (self.state == RESIDENT).reshape(self.L, self.E)

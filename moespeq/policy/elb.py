@@ -1,0 +1,69 @@
+"""The Expert Lookahead Buffer (ELB, paper §3.3.1): what the draft says verification will need.
+
+For draft length k and L MoE layers it holds k x L entries, each the draft's full top-K set with its gate
+weights (the paper stores one (id, confidence) per entry; with K > 1 an entry must hold the whole set).
+It is summarized as [L, E] arrays because every decision asks "is (layer, expert) predicted, how often,
+how confidently", never "which row":
+
+  mask        [L, E] bool   predicted by at least one row
+  reuse       [L, E] int    rows predicting it (verification tokens that will share one load)
+  confidence  [L, E] float  summed gate weight over those rows
+  first_row   [L, E] int    the earliest row predicting it (row 0 = the first verified token)
+
+`verify_layer` is where verification is (-1 while drafting); an expert's predicted next use is
+`layer - verify_layer` layers ahead when it is predicted at a layer not yet verified, otherwise unknown.
+
+Usage:
+    elb = ExpertLookaheadBuffer(layers=32, experts=16); elb.start(k=4); elb.add(ids, weights)  # ids [L, K]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: next-use distance of an expert the ELB does not predict (farther than any layer)
+FAR = 1 << 20
+
+
+class ExpertLookaheadBuffer:
+    def __init__(self, layers: int, experts: int) -> None:
+        self.L, self.E = layers, experts
+        self._rows = np.arange(layers)[:, None]  # [L, 1] for fancy indexing with ids [L, K]
+        self._layer_of = np.repeat(np.arange(layers), experts)  # [L*E] layer of each flat index
+        self.mask = np.zeros((layers, experts), dtype=bool)
+        self.reuse = np.zeros((layers, experts), dtype=np.int32)
+        self.confidence = np.zeros((layers, experts), dtype=np.float64)
+        self.first_row = np.full((layers, experts), FAR, dtype=np.int64)
+        self.k = 0
+        self.rows = 0
+        self.verify_layer = -1
+        self.version = 0  # bumped on every change, so users can cache derived arrays
+
+    def start(self, k: int) -> None:
+        """Empty the buffer for a cycle of draft length k."""
+        self.mask[:] = False
+        self.reuse[:] = 0
+        self.confidence[:] = 0.0
+        self.first_row[:] = FAR
+        self.k, self.rows, self.verify_layer = k, 0, -1
+        self.version += 1
+
+    def add(self, ids: np.ndarray, weights: np.ndarray) -> None:
+        """Append one draft forward's routing: ids, weights [L, K] (ids distinct within a row)."""
+        self.mask[self._rows, ids] = True
+        self.reuse[self._rows, ids] += 1
+        self.confidence[self._rows, ids] += weights
+        np.minimum.at(self.first_row, (self._rows, ids), self.rows)
+        self.rows += 1
+        self.version += 1
+
+    def verify_at(self, layer: int) -> None:
+        """Verification is now computing `layer` (experts of earlier layers are no longer needed this cycle)."""
+        self.verify_layer = layer
+        self.version += 1
+
+    def next_use(self) -> np.ndarray:
+        """[L*E] layers until verification needs each expert (FAR when the ELB does not predict a use)."""
+        dist = self._layer_of - max(self.verify_layer, 0)
+        pending = self.mask.ravel() & (dist >= 0)
+        return np.where(pending, dist, FAR)

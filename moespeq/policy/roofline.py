@@ -1,0 +1,110 @@
+"""The Amortization Roofline performance model (paper §3.2): throughput of one speculative cycle vs k.
+
+For draft length k (k = 0: plain decoding) with per-position acceptance p_1..p_k:
+
+  k_accept(k)  = sum_{i<=k} prod_{j<=i} p_j            expected accepted draft tokens
+  tokens(k)    = k_accept(k) + 1                       + the target's own token at the first mismatch
+  T_cycle(k)   = max(T_draft(k), T_pcie,init) + T_pcie,new(k) + T_verify(k+1)
+  T_draft(k)   = T_d,base + k T_d,token  (0 for k = 0)
+  T_pcie,init  = N_init * t_copy           the first verified token's new experts (fetched while drafting)
+  T_pcie,new   = T_pcie,overhead + (N_new(k+1) - N_init) * t_copy    the rest of the new experts
+  Theta(k)     = tokens(k) / T_cycle(k)
+
+N_new(T) is the expected number of experts that verifying T tokens needs and the cache lacks (the
+governor estimates it online). The paper counts only k_accept; we add the target's token because it is
+produced every cycle, and without it k = 0 would be worthless, while DESIGN §1 makes k = 0 a candidate.
+
+Roofline view (Fig. 8): amortization intensity I_amort(k) = tokens(k) / (N_new bytes) in tokens per byte;
+the compute roof of k is tokens(k) / (T_draft(k) + T_verify(k+1)) (I/O fully hidden); the I/O roof is
+I_amort * B_PCIe. Theta(k) lies below both.
+
+Usage:
+    perf = PerfModel(draft_base_s=0.0, draft_token_s=3.4e-3, verify_s=(8e-3, 12e-3), copy_s=6.3e-3,
+                     expert_bytes=157_286_400)
+    theta(perf, k=1, accept=[0.9], new_experts=[10.0, 15.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PerfModel:
+    """Profiled constants of one machine and model (the simulator derives them from its cost model)."""
+
+    draft_base_s: float  # T_d,base: fixed cost of a draft cycle
+    draft_token_s: float  # T_d,token: one draft forward
+    verify_s: tuple[float, ...]  # T_verify(T) for T = 1, 2, ... verified tokens (index T - 1)
+    copy_s: float  # one expert's host-to-device copy
+    expert_bytes: int
+    pcie_overhead_s: float = 0.0  # T_pcie,overhead: fixed cost of a cycle's synchronous fetches
+    verify_layer_s: tuple[float, ...] = ()  # one verify layer for T tokens (index T - 1); scheduler budgets
+
+    def __post_init__(self) -> None:
+        if not self.verify_s or min(self.verify_s) <= 0:
+            raise ValueError("PerfModel.verify_s needs positive times for T = 1, 2, ...")
+        if self.copy_s <= 0 or self.draft_token_s < 0 or self.draft_base_s < 0:
+            raise ValueError("PerfModel times must be positive (copy_s) or non-negative")
+
+    @property
+    def pcie_bytes_per_s(self) -> float:
+        return self.expert_bytes / self.copy_s
+
+    def t_draft(self, k: int) -> float:
+        return 0.0 if k == 0 else self.draft_base_s + k * self.draft_token_s
+
+    def t_verify(self, tokens: int) -> float:
+        """T_verify(T), extrapolated linearly past the table."""
+        table = self.verify_s
+        if tokens <= len(table):
+            return table[tokens - 1]
+        slope = table[-1] - table[-2] if len(table) > 1 else table[-1]
+        return table[-1] + (tokens - len(table)) * slope
+
+    def t_verify_layer(self, tokens: int) -> float:
+        if not self.verify_layer_s:
+            return 0.0
+        return self.verify_layer_s[min(tokens, len(self.verify_layer_s)) - 1]
+
+
+def k_accept(accept: Sequence[float] | np.ndarray, k: int) -> float:
+    """sum_{i<=k} prod_{j<=i} p_j for per-position acceptance p_1..p_k."""
+    return float(np.cumprod(np.asarray(accept, dtype=np.float64)[:k]).sum()) if k else 0.0
+
+
+def t_cycle(perf: PerfModel, k: int, new_experts: Sequence[float] | np.ndarray) -> float:
+    """T_cycle(k); new_experts[T - 1] = expected new experts when verifying T tokens."""
+    n_init = float(new_experts[0])
+    n_all = float(new_experts[k])
+    t_init = n_init * perf.copy_s
+    t_new = perf.pcie_overhead_s + max(n_all - n_init, 0.0) * perf.copy_s
+    return max(perf.t_draft(k), t_init) + t_new + perf.t_verify(k + 1)
+
+
+def theta(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray, new_experts: Sequence[float] | np.ndarray) -> float:
+    """Expected tokens per second of cycles of draft length k."""
+    return (k_accept(accept, k) + 1.0) / t_cycle(perf, k, new_experts)
+
+
+def operating_points(perf: PerfModel, accept: Sequence[float] | np.ndarray,
+                     new_experts: Sequence[float] | np.ndarray, k_max: int) -> list[dict[str, Any]]:
+    """Per k = 0..k_max: tokens per cycle, T_cycle, Theta, I_amort (tokens/GB), compute roof, I/O roof."""
+    rows = []
+    for k in range(k_max + 1):
+        tokens = k_accept(accept, k) + 1.0
+        io_bytes = float(new_experts[k]) * perf.expert_bytes
+        compute_roof = tokens / (perf.t_draft(k) + perf.t_verify(k + 1))
+        i_amort = tokens / io_bytes if io_bytes > 0 else float("inf")
+        rows.append({
+            "k": k, "tokens_per_cycle": tokens, "new_experts": float(new_experts[k]),
+            "t_draft_ms": perf.t_draft(k) * 1e3, "t_verify_ms": perf.t_verify(k + 1) * 1e3,
+            "t_cycle_ms": t_cycle(perf, k, new_experts) * 1e3, "theta_tok_s": theta(perf, k, accept, new_experts),
+            "i_amort_tok_per_gb": i_amort * 1e9, "compute_roof_tok_s": compute_roof,
+            "io_roof_tok_s": i_amort * perf.pcie_bytes_per_s,
+        })
+    return rows

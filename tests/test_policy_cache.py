@@ -1,0 +1,144 @@
+"""Eviction rules and cache bookkeeping on hand-built 1-2 layer, 3-4 expert scenarios."""
+
+import numpy as np
+import pytest
+
+from moespeq.policy.cache import ABSENT, LOADING, NO_ROOM, OK, REFUSED, RESIDENT, ExpertCache, split_slots
+from moespeq.policy.elb import ExpertLookaheadBuffer
+from moespeq.policy.eviction import FutureUses, make_eviction
+
+
+def _cache(rule, layers=1, experts=4, capacity=(2,), **kw):
+    return ExpertCache(layers, experts, list(capacity), make_eviction(rule, layers, experts, **kw))
+
+
+def _load(cache, flat, demand=True):
+    status, victim = cache.reserve(flat, demand)
+    assert status == OK
+    cache.landed(flat)
+    return victim
+
+
+def test_lru_evicts_least_recently_used():
+    cache = _cache("lru")
+    for e in (0, 1):
+        _load(cache, e)
+        cache.access(0, np.array([e]))
+    cache.access(0, np.array([0]))  # 0 is now more recent than 1
+    assert _load(cache, 2) == 1
+    assert cache.state.tolist() == [RESIDENT, ABSENT, RESIDENT, ABSENT]
+
+
+def test_lfu_evicts_least_used_and_breaks_ties_by_recency():
+    cache = _cache("lfu")
+    _load(cache, 0)
+    _load(cache, 1)
+    for e in (0, 0, 1):
+        cache.access(0, np.array([e]))
+    assert _load(cache, 2) == 1  # 1 used once, 0 twice
+    cache.access(0, np.array([2]))
+    cache.access(0, np.array([0]))
+    assert _load(cache, 3) == 2  # 2 used once vs 0 three times
+
+
+def test_lfru_forgets_old_frequency():
+    cache = _cache("lfru", decay=0.5)
+    _load(cache, 0)
+    _load(cache, 1)
+    for _ in range(4):  # expert 0: heavy use long ago
+        cache.access(0, np.array([0]))
+    for step in range(1, 6):
+        cache.progress(step, 0)
+    cache.access(0, np.array([1]))  # expert 1: one recent use outweighs 4 uses 5 steps ago (4/32 < 1)
+    assert _load(cache, 2) == 0
+
+
+def test_lookahead_protects_elb_experts_and_refuses_prefetch_over_sooner_needs():
+    layers, experts = 2, 3
+    elb = ExpertLookaheadBuffer(layers, experts)
+    cache = ExpertCache(layers, experts, [2], make_eviction("lookahead", layers, experts, elb=elb))
+    _load(cache, 0 * experts + 0)  # (layer 0, expert 0)
+    _load(cache, 0 * experts + 1)  # (layer 0, expert 1)
+    elb.start(k=1)
+    elb.add(np.array([[0, 2], [1, 2]]), np.full((2, 2), 0.5))  # predicts (0,0) (0,2) (1,1) (1,2)
+    # a prefetch of (1,1), needed at layer 1, may evict (0,1) which the ELB does not predict
+    assert cache.reserve(1 * experts + 1, demand=False) == (OK, 1)
+    cache.landed(4)
+    # now the only victims are (0,0) [needed at layer 0] and (1,1) [layer 1]: a prefetch of (1,2) is refused
+    status, victim = cache.reserve(1 * experts + 2, demand=False)
+    assert status == REFUSED and victim == 4
+    # a demand load always gets a slot: it evicts the farthest predicted use, (1,1)
+    assert cache.reserve(1 * experts + 2, demand=True) == (OK, 4)
+    # once verification passed layer 0, (0,0) is no longer needed this cycle
+    cache.landed(5)
+    elb.verify_at(1)
+    assert cache.reserve(0 * experts + 1, demand=False)[0] == REFUSED  # (0,1) is needed never; victims are needed
+    assert cache.reserve(0 * experts + 1, demand=True) == (OK, 0)
+
+
+def test_belady_evicts_the_expert_used_farthest_in_the_future():
+    need = np.zeros((4, 1, 3), dtype=bool)  # steps x layers x experts
+    need[0, 0, [0, 1]] = True
+    need[1, 0, [2]] = True
+    need[2, 0, [0]] = True
+    need[3, 0, [1]] = True
+    future = FutureUses(need)
+    cache = ExpertCache(1, 3, [2], make_eviction("belady", 1, 3, future=future))
+    _load(cache, 0)
+    _load(cache, 1)
+    cache.progress(1, 0)
+    assert cache.reserve(2, demand=True) == (OK, 1)  # expert 1 next used at step 3, expert 0 at step 2
+    np.testing.assert_array_equal(future.positions(1, 0)[[0, 1, 2]], [2, 3, 1])
+
+
+def test_no_room_when_every_slot_is_held_or_loading():
+    cache = _cache("lru", capacity=(2,))
+    _load(cache, 0)
+    assert cache.reserve(1, demand=True) == (OK, -1)
+    assert cache.state[1] == LOADING
+    cache.hold(np.array([0]))
+    assert cache.reserve(2, demand=True) == (NO_ROOM, -1)
+    cache.release(np.array([0]))
+    assert cache.reserve(2, demand=True) == (OK, 0)
+
+
+def test_per_layer_pools_evict_only_within_their_layer():
+    cache = _cache("lru", layers=2, experts=3, capacity=(1, 1))
+    _load(cache, 0)  # layer 0
+    assert _load(cache, 3) == -1  # layer 1 has its own free slot
+    assert _load(cache, 1) == 0
+    assert sorted(cache.slot_of[cache.slot_of >= 0].tolist()) == [0, 1]
+
+
+def test_counters_follow_prefetch_usefulness():
+    cache = _cache("lru", capacity=(2,))
+    cache.reserve(0, demand=False)  # prefetched, still in flight when used
+    cache.reserve(1, demand=False)
+    cache.landed(1)
+    hit = cache.access(0, np.array([0, 1, 2]))
+    assert hit.tolist() == [False, True, False]
+    c = cache.counters
+    assert (c.needed, c.hits, c.loads_prefetch, c.prefetch_useful, c.prefetch_timely) == (3, 1, 2, 2, 1)
+    cache.landed(0)
+    cache.reserve(3, demand=False)
+    cache.landed(3)
+    # landing counts as a use for recency: 0 landed at clock 1, so 1 (last used at clock 0) went
+    assert cache.state.tolist() == [RESIDENT, ABSENT, ABSENT, RESIDENT]
+    cache.access(0, np.array([0]))
+    cache.access(0, np.array([0]))  # 0 used at clock 2; the prefetched 3 landed at clock 1
+    assert _load(cache, 2) == 3  # 3 goes without ever being used: a wasted prefetch
+    assert (c.prefetch_wasted, c.evictions) == (1, 2)
+
+
+@pytest.mark.parametrize("total,layers,tilt", [(113, 32, 0.0), (96, 32, 0.5), (40, 32, -0.7), (7, 3, 1.0)])
+def test_split_slots_sums_to_total_and_respects_tilt(total, layers, tilt):
+    slots = split_slots(total, layers, experts=16, tilt=tilt)
+    assert len(slots) == layers and sum(slots) == total and min(slots) >= 1
+    if tilt > 0:
+        assert slots[0] >= slots[-1]
+    if tilt < 0:
+        assert slots[0] <= slots[-1]
+
+
+def test_split_slots_even_split_gives_remainder_to_early_layers():
+    assert split_slots(113, 32, 16) == [4] * 17 + [3] * 15

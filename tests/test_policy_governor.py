@@ -1,0 +1,84 @@
+"""The Amortization Roofline model and governors: formulas, k = 0 when speculation cannot pay, warm-up, probing."""
+
+import numpy as np
+import pytest
+
+from moespeq.policy.config import GovernorConfig
+from moespeq.policy.governor import NewExpertEstimator, RooflineGovernor, StaticGovernor, make_governor
+from moespeq.policy.roofline import PerfModel, k_accept, operating_points, t_cycle, theta
+
+PERF = PerfModel(draft_base_s=0.0, draft_token_s=1e-3, verify_s=(10e-3, 11e-3, 12e-3, 13e-3, 14e-3),
+                 copy_s=2e-3, expert_bytes=1000)
+
+
+def test_k_accept_is_sum_of_prefix_products():
+    assert k_accept([0.5, 0.5, 0.5], 3) == pytest.approx(0.5 + 0.25 + 0.125)
+    assert k_accept([0.9], 0) == 0.0
+
+
+def test_t_cycle_overlaps_the_first_tokens_fetch_with_drafting():
+    new = [3.0, 5.0, 6.0]  # new experts when verifying 1, 2, 3 tokens
+    # k=2: max(T_draft = 2 ms, T_init = 3 * 2 ms) + (6 - 3) * 2 ms + T_verify(3) = 6 + 6 + 12
+    assert t_cycle(PERF, 2, new) == pytest.approx(24e-3)
+    # k=0: no draft, so nothing overlaps: 3 * 2 ms + 10 ms
+    assert t_cycle(PERF, 0, new) == pytest.approx(16e-3)
+    assert theta(PERF, 2, [1.0, 1.0], new) == pytest.approx(3 / 24e-3)
+
+
+def test_operating_points_lie_under_both_roofs():
+    for row in operating_points(PERF, [0.9] * 4, [3.0, 4.0, 5.0, 6.0, 7.0], k_max=4):
+        assert row["theta_tok_s"] <= row["compute_roof_tok_s"] + 1e-9
+        assert row["theta_tok_s"] <= row["io_roof_tok_s"] + 1e-9
+
+
+def _roofline(**kw):
+    cfg = GovernorConfig(kind="roofline", **{"k_max": 4, "warmup": 2, **kw})
+    return RooflineGovernor(cfg, PERF, layers=2, experts=4, top_k=1, slots=8)
+
+
+def _feed(gov, accept_prob, cycles, rng):
+    for _ in range(cycles):
+        k = gov.choose(k_cap=4)
+        accepted = int(np.cumprod(rng.random(k) < accept_prob).sum()) if k else 0
+        verify = np.zeros((k + 1, 2, 1), dtype=np.int64)  # all tokens route to expert 0: all cached
+        gov.observe(k, accepted, verify, np.ones((2, 4), dtype=bool))
+    return gov
+
+
+def test_governor_picks_k0_when_acceptance_is_near_zero():
+    gov = _feed(_roofline(), accept_prob=0.01, cycles=40, rng=np.random.default_rng(0))
+    assert gov.choose(k_cap=4) == 0
+
+
+def test_governor_speculates_when_acceptance_is_high_and_experts_are_cached():
+    gov = _feed(_roofline(), accept_prob=0.99, cycles=40, rng=np.random.default_rng(0))
+    # cached experts, 1 ms drafts and a flat verify cost: the longest draft pays most
+    assert gov.choose(k_cap=4) == 4
+    assert gov.choose(k_cap=2) == 2  # the trace end caps k
+
+
+def test_warmup_runs_at_k_max_and_probing_revisits_k1():
+    gov = _roofline(probe_interval=3)
+    assert [gov.choose(4) for _ in range(1)] == [4]
+    _feed(gov, accept_prob=0.0, cycles=2, rng=np.random.default_rng(0))
+    ks = []
+    for _ in range(8):
+        k = gov.choose(4)
+        ks.append(k)
+        gov.observe(k, 0)
+    assert ks == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_new_expert_estimator_measures_against_cache_start_and_extrapolates():
+    est = NewExpertEstimator(t_max=4, layers=1, experts=4, top_k=1, slots=0, ema=0.5)
+    resident = np.array([[True, False, False, False]])
+    verify = np.array([[[0]], [[1]]])  # token 1 needs cached expert 0, token 2 needs new expert 1
+    est.observe(verify, resident)
+    out = est.estimate()
+    assert out[:2].tolist() == [0.0, 1.0]
+    assert out[2] > out[1] and out[3] > out[2]  # scaled by the uniform-routing shape
+
+
+def test_static_and_off_governors():
+    assert StaticGovernor(3).choose(k_cap=2) == 2
+    assert make_governor(GovernorConfig(kind="off")).choose(8) == 0
