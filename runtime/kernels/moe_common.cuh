@@ -1,0 +1,367 @@
+// Shared machinery of the one-launch MoE layer kernels (int4_moe.cu: INT4 draft experts; expert_bf16.cu:
+// bf16 target experts from the cache arena). No CUDA headers are included, so NVRTC (CuPy) and nvcc build
+// the same text; bf16 values travel as raw 16-bit patterns.
+//
+// Dimension letters: T tokens (<= 16), K top-k, E experts, D hidden, F expert FFN, U experts in use.
+//
+// One launch computes y[t] = sum_k w[t,k] * down_e(SiLU(gate_e x_t) * up_e x_t), e = ids[t,k]:
+//   prologue  every block builds the routing in shared memory from the device-resident ids: the experts in
+//             use in first-occurrence order (u = 0..U-1), and per expert its tokens (ascending) and weights.
+//             This is the paper's computation reordering: each expert's weights are read once, for the
+//             tokens routed to it, which are gathered into the tensor-core N dimension.
+//   phase 1   item (u, r): 16 rows r of gate and up of expert u for its tokens, SiLU(g)*u rounded to bf16
+//             into h[u, n, F]. The block's warps split the D reduction; a fixed-order shared-memory sum.
+//   phase 2   item (r, u, j): 16 rows of down for split j of F, weighted by the gate weights, written as a
+//             dense [16 rows x 16 tokens] fp32 partial. An integer ticket per row tile elects the last
+//             arriving block, which sums the partials in (u, j) order and writes y: deterministic, no
+//             floating-point atomics.
+// Items are claimed from one integer ticket counter in order, phase 1 first. A block that reaches phase 2
+// waits until every phase-1 item is done; all of those were claimed by running blocks, so this cannot
+// deadlock whatever the grid size. The last block to exit resets the counters for the next launch, so a
+// workspace is reused without a memset (one workspace per stream).
+//
+// Tensor cores: mma.m16n8k16 bf16 with fp32 accumulation; weight rows are the M dimension, tokens N.
+// Within each 64-wide k chunk the k order is permuted identically for weights and activations (a dot
+// product does not care), so that lane (g = lane/4, c = lane%4) loads its fragments as 16-byte vectors:
+// logical (k-tile j, position i) of lane c lives at k = 32*(j/2) + 8*c + 4*(j%2) + i, positions i = 0,1
+// being fragment columns 2c, 2c+1 and i = 2,3 columns 2c+8, 2c+9. int4_pack.py packs the same order.
+
+typedef unsigned short bf16_t;
+
+#define MOE_MAX_TOKENS 16
+#define MOE_MAX_SLOTS 128     // T * K
+#define MOE_MAX_EXPERTS 512
+#define MOE_MAX_WARPS 8
+#define MOE_TILE 256          // 16 rows x 16 tokens of one phase-2 partial
+
+// counters[]: ticket, phase-1 items done, blocks exited, error flags, then one ticket per 16-row tile of D
+#define CTR_TICKET 0
+#define CTR_P1_DONE 1
+#define CTR_EXITED 2
+#define CTR_ERROR 3
+#define CTR_ROWS 4
+#define ERR_BAD_EXPERT 1      // an id outside [0, E)
+#define ERR_NOT_RESIDENT 2    // bf16 verify: an expert without a cache slot
+
+struct Routing {
+    int n_used;
+    int ids[MOE_MAX_SLOTS];
+    int expert[MOE_MAX_SLOTS];                        // [U] expert id of use u
+    int ref[MOE_MAX_SLOTS];                           // [U] where its weights are (expert id or cache slot)
+    int count[MOE_MAX_SLOTS];                         // [U] tokens routed to it
+    unsigned char token[MOE_MAX_SLOTS][MOE_MAX_TOKENS];  // [U, n] token index, ascending
+    float weight[MOE_MAX_SLOTS][MOE_MAX_TOKENS];         // [U, n] gate weight (summed over k)
+    int first[MOE_MAX_EXPERTS];                       // [E] first slot that names the expert
+};
+
+struct MoeArgs {
+    const bf16_t* x;      // [T, D]
+    const int* ids;       // [T, K]
+    const float* gw;      // [T, K]
+    bf16_t* y;            // [T, D]
+    bf16_t* hbuf;         // [u_cap, 16, F]
+    float* partial;       // [D/16, u_cap, J, 256]
+    int* counters;        // [4 + D/16]
+    int T, K, E, D, F, J, u_cap;
+};
+
+// ---- small device helpers -------------------------------------------------------------------------------
+
+__device__ __forceinline__ unsigned bf16x2_fma(unsigned a, unsigned b, unsigned c) {
+    unsigned d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// d += A(16x16, row) * B(16x8, col); bf16 operands, fp32 accumulators
+__device__ __forceinline__ void mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// weights: read once, never from L1 again
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ unsigned ld_stream32(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+// activations that stay constant during the launch: cached in L1, shared by the SM's warps
+__device__ __forceinline__ uint4 ld_const(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// data written earlier in this launch by other blocks: read from L2, never a stale L1 line
+__device__ __forceinline__ uint4 ld_l2(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float ld_l2f(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // round to nearest even, NaN kept NaN
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)0x7fc0;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+__device__ __forceinline__ float bf16_lo(unsigned pair) { return __uint_as_float(pair << 16); }
+__device__ __forceinline__ float bf16_hi(unsigned pair) { return __uint_as_float(pair & 0xffff0000u); }
+
+__device__ __forceinline__ unsigned word(const uint4& v, int i) {  // i is a compile-time constant after unrolling
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// One 64-wide k chunk: A fragments a[j][0..3] of its 4 k-tiles times B taken from the two 16-byte halves
+// xb[0..1] of one token row's 64 values (tile j uses half j/2, words 2(j%2) and 2(j%2)+1).
+__device__ __forceinline__ void mma_chunk(float* d, const unsigned (&a)[4][4], const uint4 (&xb)[2]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        mma_bf16(d, a[j][0], a[j][1], a[j][2], a[j][3], word(xb[j >> 1], 2 * (j & 1)), word(xb[j >> 1], 2 * (j & 1) + 1));
+    }
+}
+
+// The 2 halves of chunk kc of a token row for lane column c (k-permuted order above).
+__device__ __forceinline__ void load_b(uint4 (&xb)[2], const bf16_t* row, int kc, int c, bool from_l2) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const uint4* q = reinterpret_cast<const uint4*>(row + 64 * kc + 32 * h + 8 * c);
+        xb[h] = from_l2 ? ld_l2(q) : ld_const(q);
+    }
+}
+
+// Work units first, first+step, ... < end, with the loads of the next two units in flight while one
+// is computed (registers double-buffered).
+template <class Stage, class Load, class Compute>
+__device__ __forceinline__ void pipelined(int first, int end, int step, Load load, Compute compute) {
+    Stage s0, s1;
+    if (first < end) s0 = load(first);
+    if (first + step < end) s1 = load(first + step);
+    for (int i = first; i < end; i += 2 * step) {
+        compute(s0, i);
+        if (i + 2 * step < end) s0 = load(i + 2 * step);
+        if (i + step < end) {
+            compute(s1, i + step);
+            if (i + 3 * step < end) s1 = load(i + 3 * step);
+        }
+    }
+}
+
+// ---- prologue: routing in shared memory -------------------------------------------------------------------
+
+template <class Weights>
+__device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) {
+    const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
+    const int nwarps = nthreads >> 5, S = p.T * p.K;
+    for (int e = tid; e < p.E; e += nthreads) R.first[e] = S;
+    __syncthreads();
+    for (int s = tid; s < S; s += nthreads) {
+        const int e = p.ids[s];
+        R.ids[s] = e;
+        if (e >= 0 && e < p.E) atomicMin(&R.first[e], s);
+        else atomicOr(&p.counters[CTR_ERROR], ERR_BAD_EXPERT);
+    }
+    __syncthreads();
+    if (warp == 0) {  // compact the first occurrences, in slot order
+        int base = 0;
+        for (int s0 = 0; s0 < S; s0 += 32) {
+            const int s = s0 + lane;
+            const int e = s < S ? R.ids[s] : -1;
+            const bool first = e >= 0 && e < p.E && R.first[e] == s;
+            const unsigned mask = __ballot_sync(0xffffffffu, first);
+            if (first) R.expert[base + __popc(mask & ((1u << lane) - 1u))] = e;
+            base += __popc(mask);
+        }
+        if (lane == 0) R.n_used = base;
+    }
+    __syncthreads();
+    for (int u = warp; u < R.n_used; u += nwarps) {  // a warp per expert, a lane per token
+        const int e = R.expert[u];
+        bool member = false;
+        float w = 0.0f;
+        if (lane < p.T) {
+            for (int k = 0; k < p.K; ++k) {
+                if (R.ids[lane * p.K + k] == e) { member = true; w += p.gw[lane * p.K + k]; }
+            }
+        }
+        const unsigned mask = __ballot_sync(0xffffffffu, member);
+        if (member) {
+            const int n = __popc(mask & ((1u << lane) - 1u));
+            R.token[u][n] = (unsigned char)lane;
+            R.weight[u][n] = w;
+        }
+        if (lane == 0) {
+            R.count[u] = __popc(mask);
+            const int ref = wts.resolve(e);
+            if (ref < 0) atomicOr(&p.counters[CTR_ERROR], ERR_NOT_RESIDENT);
+            R.ref[u] = ref;
+        }
+    }
+    __syncthreads();
+}
+
+// ---- the persistent item loop -------------------------------------------------------------------------------
+
+struct Scratch {
+    float red[MOE_MAX_WARPS][32][16];  // per-warp fragments for the fixed-order block reduction
+    float tile[MOE_TILE];              // phase-2 partial in token space
+    int ticket;
+    int last;
+};
+
+// Fixed-order sum over warps of `n` floats per lane; result valid in warp 0.
+__device__ __forceinline__ void block_sum(Scratch& S, float* v, int n) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int i = 0; i < n; ++i) S.red[warp][lane][i] = v[i];
+    __syncthreads();
+    if (warp == 0) {
+        for (int i = 0; i < n; ++i) {
+            float s = S.red[0][lane][i];
+            for (int w = 1; w < nwarps; ++w) s += S.red[w][lane][i];
+            v[i] = s;
+        }
+    }
+}
+
+template <int NT, class Weights>
+__device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int g = lane >> 2, c = lane & 3, cnt = R.count[u];
+    const bf16_t* xrow[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int n = min(8 * nt + g, cnt - 1);
+        xrow[nt] = p.x + (size_t)R.token[u][n] * p.D;
+    }
+    float acc[2 * NT * 4];  // gate fragments [NT][4], then up fragments [NT][4]
+#pragma unroll
+    for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
+    if (R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, warp, nwarps, lane);
+    block_sum(S, acc, 2 * NT * 4);
+    if (warp == 0) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int n = 8 * nt + 2 * c + (i & 1), row = 16 * r + g + 8 * (i >> 1);
+                if (n < cnt) {
+                    const float gv = acc[nt * 4 + i], uv = acc[NT * 4 + nt * 4 + i];
+                    const float hv = gv / (1.0f + __expf(-gv)) * uv;
+                    p.hbuf[((size_t)u * MOE_MAX_TOKENS + n) * p.F + row] = f32_to_bf16(hv);
+                }
+            }
+        }
+        __threadfence();  // h visible device-wide before the completion count says so
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(&p.counters[CTR_P1_DONE], 1);
+}
+
+template <int NT, class Weights>
+__device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int r, int u, int j) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+    const int g = lane >> 2, c = lane & 3, cnt = R.count[u];
+    for (int i = tid; i < MOE_TILE; i += blockDim.x) S.tile[i] = 0.0f;
+    const bf16_t* hrow[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int n = min(8 * nt + g, cnt - 1);
+        hrow[nt] = p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F;
+    }
+    float acc[NT * 4];
+#pragma unroll
+    for (int i = 0; i < NT * 4; ++i) acc[i] = 0.0f;
+    if (R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, j, hrow, cnt, p, warp, nwarps, lane);
+    block_sum(S, acc, NT * 4);  // its barrier also orders the tile zeroing above
+    if (warp == 0) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int n = 8 * nt + 2 * c + (i & 1);
+                if (n < cnt) S.tile[(g + 8 * (i >> 1)) * 16 + R.token[u][n]] = R.weight[u][n] * acc[nt * 4 + i];
+            }
+        }
+    }
+    __syncthreads();
+    float* dst = p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE;
+    for (int i = tid; i < MOE_TILE; i += blockDim.x) dst[i] = S.tile[i];
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) S.last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
+    __syncthreads();
+    if (!S.last) return;
+    // last arrival for row tile r: sum every partial in (u, j) order, write y, re-arm the row ticket
+    __threadfence();
+    const float* src = p.partial + (size_t)r * p.u_cap * p.J * MOE_TILE;
+    for (int i = tid; i < MOE_TILE; i += blockDim.x) {
+        float s = 0.0f;
+        for (int q = 0; q < R.n_used * p.J; ++q) s += ld_l2f(src + (size_t)q * MOE_TILE + i);
+        const int row = i >> 4, t = i & 15;
+        if (t < p.T) p.y[(size_t)t * p.D + 16 * r + row] = f32_to_bf16(s);
+    }
+    if (tid == 0) p.counters[CTR_ROWS + r] = 0;
+}
+
+template <int NT, class Weights>
+__device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
+    __shared__ Routing R;
+    __shared__ Scratch S;
+    build_routing(R, p, wts);
+    const int tid = threadIdx.x, n_used = R.n_used;
+    const int FT = p.F / 16, DT = p.D / 16;
+    const int n_p1 = n_used * FT, n_p2 = DT * n_used * p.J, total = n_p1 + n_p2;
+    if (tid == 0) S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);
+    __syncthreads();
+    int ticket = S.ticket;
+    bool phase1_seen_done = false;
+    while (ticket < total) {
+        __syncthreads();  // everyone has read S.ticket
+        int next = 0;
+        if (tid == 0) next = atomicAdd(&p.counters[CTR_TICKET], 1);  // claimed early: its latency overlaps the item
+        if (ticket < n_p1) {
+            phase1_item<NT>(R, S, p, wts, ticket / FT, ticket % FT);
+        } else {
+            if (!phase1_seen_done) {
+                if (tid == 0) {
+                    while (ld_acquire(&p.counters[CTR_P1_DONE]) < n_p1) __nanosleep(64);
+                }
+                __syncthreads();
+                phase1_seen_done = true;
+            }
+            const int q = ticket - n_p1, per_row = n_used * p.J;
+            phase2_item<NT>(R, S, p, wts, q / per_row, (q % per_row) / p.J, q % p.J);
+        }
+        if (tid == 0) S.ticket = next;
+        __syncthreads();
+        ticket = S.ticket;
+    }
+    if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
+        p.counters[CTR_TICKET] = 0;  // every other block has taken its last ticket and left
+        p.counters[CTR_P1_DONE] = 0;
+        p.counters[CTR_EXITED] = 0;
+    }
+}

@@ -1,0 +1,111 @@
+"""Tuned launch parameters of the MoE kernels: data in runtime/configs/<device>.json, not code.
+
+A file holds, per kernel ("moe_int4", "moe_bf16") and shape key "D=<hidden>,F=<moe_ffn>", the best
+parameters found at measured token counts:
+
+    {"device": "NVIDIA H200", "source": "<command that measured it>",
+     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 8, "blocks_per_sm": 2, "down_splits": 1}}}}}
+
+Lookup takes the nearest measured token count of the exact shape; without the file or the shape it
+falls back to DEFAULT_CONFIG with a warning, once per (kernel, device, shape). `moespeq calibrate` and
+runtime/gpu_check.py write these files.
+
+Usage:
+    cfg = launch_config("moe_int4", "NVIDIA H200", hidden=4096, moe_ffn=6400, tokens=4)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from moespeq.runtime.layout import MAX_WARPS
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+KERNELS = ("moe_int4", "moe_bf16")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """warps per block; blocks per SM of the persistent grid; splits of F in the down projection."""
+
+    warps: int = 8
+    blocks_per_sm: int = 2
+    down_splits: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.warps <= MAX_WARPS:
+            raise ValueError(f"LaunchConfig.warps={self.warps}: use 1..{MAX_WARPS}")
+        if self.blocks_per_sm < 1:
+            raise ValueError(f"LaunchConfig.blocks_per_sm={self.blocks_per_sm}: must be at least 1")
+        if not 1 <= self.down_splits <= 64:
+            raise ValueError(f"LaunchConfig.down_splits={self.down_splits}: use 1..64")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+DEFAULT_CONFIG = LaunchConfig()
+
+
+def shape_key(hidden: int, moe_ffn: int) -> str:
+    return f"D={hidden},F={moe_ffn}"
+
+
+def config_path(device_name: str) -> Path:
+    """runtime/configs/NVIDIA_H200.json for device 'NVIDIA H200'."""
+    return CONFIG_DIR / (re.sub(r"[^A-Za-z0-9.-]+", "_", device_name).strip("_") + ".json")
+
+
+@functools.cache
+def _load(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if set(data) - {"device", "source", "kernels"} or set(data.get("kernels", {})) - set(KERNELS):
+        raise ValueError(f"{path}: unknown keys; expected device, source, kernels[{', '.join(KERNELS)}]")
+    log.info("kernel launch parameters from %s", path)
+    return data
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def launch_config(kernel: str, device_name: str, hidden: int, moe_ffn: int, tokens: int) -> LaunchConfig:
+    """The tuned parameters for this shape at the nearest measured token count, else the default."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+    path = config_path(device_name)
+    data = _load(path)
+    table = (data or {}).get("kernels", {}).get(kernel, {}).get(shape_key(hidden, moe_ffn))
+    if not table:
+        _warn_once(f"no tuned {kernel} launch parameters for {shape_key(hidden, moe_ffn)} on {device_name} "
+                   f"in {path}; using {DEFAULT_CONFIG} (run `moespeq calibrate` to tune)")
+        return DEFAULT_CONFIG
+    nearest = min(table, key=lambda t: (abs(int(t) - tokens), int(t)))
+    return LaunchConfig(**table[nearest])
+
+
+def write_configs(device_name: str, source: str, best: dict[str, dict[str, dict[str, LaunchConfig]]],
+                  path: Path | None = None) -> Path:
+    """Merge best[kernel][shape_key][tokens] into the device's file (or `path`)."""
+    path = path or config_path(device_name)
+    data = json.loads(path.read_text()) if path.is_file() else {"device": device_name, "source": source, "kernels": {}}
+    data["source"] = source
+    for kernel, shapes in best.items():
+        for key, by_tokens in shapes.items():
+            data["kernels"].setdefault(kernel, {}).setdefault(key, {}).update(
+                {str(t): cfg.to_dict() for t, cfg in by_tokens.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    _load.cache_clear()
+    return path

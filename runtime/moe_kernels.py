@@ -1,0 +1,175 @@
+"""CUDA launchers of the MoE layer kernels (runtime/kernels/*.cu through one cupy.RawModule per file).
+
+  launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum
+  launch_moe_bf16  bf16 verify layer: experts from the cache arena through the device slot table
+  launch_slot_table_set  one slot-table edit, on the copy stream
+
+Routing ids and weights stay on the device: nothing here reads them on the host. Import only with CuPy;
+runtime/ops.py is the entry point that falls back to the NumPy references.
+
+Usage:
+    ws = MoeWorkspace(geometry, cupy); y = launch_moe_int4(x, ids, w, experts, ws, out, config)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cupy
+import numpy as np
+
+from moespeq.runtime.int4_pack import Int4Experts
+from moespeq.runtime.kernel_source import kernel_source
+from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.layout import ExpertGeometry, SlotArena
+
+log = logging.getLogger(__name__)
+
+_CTR_ERROR, _CTR_ROWS = 3, 4  # counters[] layout of moe_common.cuh
+ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache slot"}
+
+
+@functools.cache
+def _module(name: str) -> cupy.RawModule:
+    log.info("compiling %s.cu for the current device", name)
+    return cupy.RawModule(code=kernel_source(name), options=("--std=c++17",))
+
+
+def get_kernel(name: str, function: str) -> cupy.RawKernel:
+    return _module(name).get_function(function)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    sm_count: int
+    regs_per_sm: int
+    smem_per_sm_bytes: int
+    max_threads_per_sm: int
+    l2_bytes: int
+
+
+@functools.cache
+def device_info() -> DeviceInfo:
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return DeviceInfo(name, props["multiProcessorCount"], props["regsPerMultiprocessor"],
+                      props["sharedMemPerMultiprocessor"], props["maxThreadsPerMultiProcessor"], props["l2CacheSize"])
+
+
+def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
+    """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
+    dev = device_info()
+    regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
+    by_regs = dev.regs_per_sm // (regs_per_warp * warps)
+    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
+    by_threads = dev.max_threads_per_sm // (32 * warps)
+    return max(1, min(by_regs, by_smem, by_threads))
+
+
+@functools.cache
+def _check_block(kernel: cupy.RawKernel, threads: int) -> None:
+    assert threads <= kernel.max_threads_per_block, (threads, kernel.max_threads_per_block)
+
+
+class MoeWorkspace:
+    """Scratch of the MoE kernels for one geometry and one stream; the kernels re-arm its counters.
+
+    hbuf [U, 16, F] bf16 bits: SiLU(gate) * up per expert in use and token;
+    partial [D/16, U, max_splits, 256] fp32: down-projection partials; counters [4 + D/16] int32.
+    """
+
+    def __init__(self, geometry: ExpertGeometry, max_splits: int = 16):
+        u, d, f = geometry.max_used_experts, geometry.hidden, geometry.moe_ffn
+        self.geometry = geometry
+        self.max_splits = max_splits
+        self.hbuf = cupy.zeros((u, 16, f), dtype=cupy.uint16)
+        self.partial = cupy.zeros(d // 16 * u * max_splits * 256, dtype=cupy.float32)
+        self.counters = cupy.zeros(_CTR_ROWS + d // 16, dtype=cupy.int32)
+
+    def errors(self) -> list[str]:
+        """What the kernels flagged since the last clear (a device read)."""
+        flags = int(self.counters[_CTR_ERROR].get())  # SYNC: error check for tests and diagnostics only
+        return [text for bit, text in ERROR_FLAGS.items() if flags & bit]
+
+    def clear_errors(self) -> None:
+        self.counters[_CTR_ERROR] = 0
+
+
+def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry, out: Any) -> int:
+    tokens = x.shape[0]
+    geometry.check_tokens(tokens)
+    assert x.dtype == cupy.uint16 and x.shape == (tokens, geometry.hidden) and x.flags.c_contiguous, (x.dtype, x.shape)
+    assert topk_ids.dtype == cupy.int32 and topk_ids.shape == (tokens, geometry.top_k) and topk_ids.flags.c_contiguous
+    assert topk_w.dtype == cupy.float32 and topk_w.shape == (tokens, geometry.top_k) and topk_w.flags.c_contiguous
+    assert out.dtype == cupy.uint16 and out.shape == x.shape and out.flags.c_contiguous
+    return tokens
+
+
+def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple]:
+    assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
+    threads = 32 * config.warps
+    _check_block(kernel, threads)
+    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
+    grid = (device_info().sm_count * blocks_per_sm,)  # persistent: blocks claim work items from a ticket
+    block = (threads,)
+    return grid, block
+
+
+def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, workspace: MoeWorkspace, out: Any,
+                    config: LaunchConfig) -> Any:
+    """Fused INT4 MoE layer on the current stream.
+
+    x [T, D] uint16 (bf16), topk_ids [T, K] int32, topk_w [T, K] float32 -> out [T, D] uint16 (bf16);
+    experts: packed gate/up [E, F, D] and down [E, D, F] on the device.
+    """
+    geo = workspace.geometry
+    tokens = _check_routing(x, topk_ids, topk_w, geo, out)
+    assert (experts.experts, experts.moe_ffn, experts.hidden) == (geo.experts, geo.moe_ffn, geo.hidden)
+    for m in (experts.gate, experts.up, experts.down):
+        assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
+        assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
+    kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
+    grid, block = _launch_geometry(kernel, config, workspace)
+    shared_mem = 0  # all shared memory is static (routing table and reduction scratch, ~31 KiB)
+    args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
+            experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,
+            np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
+            np.int32(geo.moe_ffn), np.int32(config.down_splits), np.int32(geo.max_used_experts))
+    kernel(grid, block, args, shared_mem=shared_mem)
+    return out
+
+
+def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer: int, workspace: MoeWorkspace,
+                    out: Any, config: LaunchConfig) -> Any:
+    """bf16 verify MoE layer on the current stream, experts found through cache.slot_table[layer].
+
+    x [T, D] uint16 (bf16), topk_ids [T, K] int32, topk_w [T, K] float32 -> out [T, D] uint16 (bf16).
+    """
+    geo = workspace.geometry
+    tokens = _check_routing(x, topk_ids, topk_w, geo, out)
+    assert cache.geometry == geo
+    assert cache.arena.dtype == cupy.uint16 and cache.arena.flags.c_contiguous
+    assert cache.slot_table.dtype == cupy.int32 and cache.slot_table.flags.c_contiguous
+    assert 0 <= layer < cache.slot_table.shape[0], (layer, cache.slot_table.shape)
+    kernel = get_kernel("expert_bf16", "moe_bf16_t8" if tokens <= 8 else "moe_bf16_t16")
+    grid, block = _launch_geometry(kernel, config, workspace)
+    shared_mem = 0
+    args = (x, topk_ids, topk_w, cache.arena, cache.slot_table, np.int32(layer), np.int32(cache.arena.shape[0]),
+            out, workspace.hbuf, workspace.partial, workspace.counters, np.int32(tokens), np.int32(geo.top_k),
+            np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn), np.int32(config.down_splits),
+            np.int32(geo.max_used_experts))
+    kernel(grid, block, args, shared_mem=shared_mem)
+    return out
+
+
+def launch_slot_table_set(table: Any, clear_index: int, set_index: int, slot: int) -> None:
+    """table.flat[clear_index] = -1, then table.flat[set_index] = slot (an index < 0 skips), on the current stream."""
+    assert table.dtype == cupy.int32 and table.flags.c_contiguous
+    assert -1 <= clear_index < table.size and -1 <= set_index < table.size, (clear_index, set_index, table.size)
+    kernel = get_kernel("expert_bf16", "slot_table_set")
+    grid, block, shared_mem = (1,), (32,), 0
+    kernel(grid, block, (table, np.int32(clear_index), np.int32(set_index), np.int32(slot)), shared_mem=shared_mem)
