@@ -55,11 +55,19 @@ def get_backend(name: str = "auto") -> Backend:
     if name == "numpy" or (name == "auto" and not gpu_available()):
         return Backend("numpy", np)
     if not gpu_available():
-        raise UserError("backend 'cupy' needs CuPy and a CUDA GPU, and none was found; use --backend numpy "
-                        "(pip install \"moespeq[cuda13]\" on a machine with an NVIDIA GPU)")
+        raise UserError("backend 'cupy' needs CuPy and a CUDA GPU, and none was found; use the NumPy backend "
+                        "('numpy') here, or pip install \"moespeq[cuda13]\" on a machine with an NVIDIA GPU")
     import cupy
 
     return Backend("cupy", cupy)
+
+
+def require_gpu(purpose: str) -> Backend:
+    """The CuPy backend, or a UserError saying that `purpose` measures a GPU and none is here."""
+    if not gpu_available():
+        raise UserError(f"{purpose} measures a CUDA GPU through CuPy, and none was found here "
+                        "(the NumPy backend has no kernels or copies to time)")
+    return get_backend("cupy")
 
 
 def array_module(*arrays: Any) -> ModuleType:

@@ -5,7 +5,8 @@
   says so in the log and in `stats()["pinned"]`.
 - Device arena [S, 3 F D]: S fixed slots, one expert each.
 - Slot table [L, E] int32 on the device (-1: not resident), edited on the copy stream in order with the
-  copies, so a kernel that waited for a slot's event also sees its table entry. A host mirror answers
+  copies (the old owner cleared before its slot is overwritten, the new one set after the copy lands),
+  so a kernel that waited for a slot's event also sees its table entry. A host mirror answers
   the policy's questions without device reads.
 - One copy stream; one CUDA event per slot, recorded when its copy lands. The compute stream waits on
   those events (`wait_ready`, `fetch_now`), never on the host. Before a slot is overwritten the copy
@@ -66,6 +67,8 @@ class ExpertStore:
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
             self._landed = [cupy.cuda.Event(disable_timing=True) for _ in range(slots)]
             self._last_use: list[Any] = [None] * slots
+            self._table_values = _pinned_empty((slots + 1,), np.int32)  # never modified after this line
+            self._table_values[:] = np.arange(-1, slots, dtype=np.int32)
             if not self.pinned:
                 self._staging = [_pinned_empty((elems,), np.uint16) for _ in range(_STAGING_BUFFERS)]
                 self._staging_free = [cupy.cuda.Event(disable_timing=True) for _ in range(_STAGING_BUFFERS)]
@@ -140,26 +143,32 @@ class ExpertStore:
         self._copy_async(layer, expert, slot, clear, set_index)
 
     def _copy_async(self, layer: int, expert: int, slot: int, clear: int, set_index: int) -> None:
-        import cupy
-
-        from moespeq.runtime.moe_kernels import launch_slot_table_set
-
-        stream, nbytes = self.copy_stream, self.geometry.expert_bytes_bf16
+        stream = self.copy_stream
         with stream:
             if self._last_use[slot] is not None:
                 stream.wait_event(self._last_use[slot])  # the compute that last read this slot is done
             if clear >= 0:
-                launch_slot_table_set(self.slot_table, clear, -1, -1)
+                self._table_write(clear, -1)
             src = self.host[layer, expert]
             if not self.pinned:
                 src = self._stage(src)
-            cupy.cuda.runtime.memcpyAsync(self.arena[slot].data.ptr, src.ctypes.data, nbytes,
-                                          cupy.cuda.runtime.memcpyHostToDevice, stream.ptr)
+            self._h2d(self.arena[slot].data.ptr, src.ctypes.data, self.geometry.expert_bytes_bf16)
             if not self.pinned:
                 self._staging_free[self._next_staging].record(stream)
                 self._next_staging = (self._next_staging + 1) % _STAGING_BUFFERS
-            launch_slot_table_set(self.slot_table, -1, set_index, slot)
+            self._table_write(set_index, slot)
             self._landed[slot].record(stream)
+
+    def _h2d(self, dst_ptr: int, src_ptr: int, nbytes: int) -> None:
+        import cupy
+
+        cupy.cuda.runtime.memcpyAsync(dst_ptr, src_ptr, nbytes, cupy.cuda.runtime.memcpyHostToDevice,
+                                      self.copy_stream.ptr)
+
+    def _table_write(self, flat_index: int, value: int) -> None:
+        """One slot-table entry, by a 4-byte DMA from a constant pinned array of the values -1..S-1: a copy,
+        not a kernel, so it never waits for SMs that a persistent compute kernel holds."""
+        self._h2d(self.slot_table.data.ptr + 4 * flat_index, self._table_values.ctypes.data + 4 * (value + 1), 4)
 
     def _stage(self, src: np.ndarray) -> np.ndarray:
         """Pageable fallback: copy into a free pinned staging buffer."""

@@ -2,7 +2,6 @@
 
   launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum
   launch_moe_bf16  bf16 verify layer: experts from the cache arena through the device slot table
-  launch_slot_table_set  one slot-table edit, on the copy stream
 
 Routing ids and weights stay on the device: nothing here reads them on the host. Import only with CuPy;
 runtime/ops.py is the entry point that falls back to the NumPy references.
@@ -38,6 +37,7 @@ def _module(name: str) -> cupy.RawModule:
     return cupy.RawModule(code=kernel_source(name), options=("--std=c++17",))
 
 
+@functools.cache
 def get_kernel(name: str, function: str) -> cupy.RawKernel:
     return _module(name).get_function(function)
 
@@ -60,19 +60,16 @@ def device_info() -> DeviceInfo:
                       props["sharedMemPerMultiprocessor"], props["maxThreadsPerMultiProcessor"], props["l2CacheSize"])
 
 
+@functools.cache
 def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
     """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
+    assert 32 * warps <= kernel.max_threads_per_block, (warps, kernel.max_threads_per_block)  # once per kernel and size
     dev = device_info()
     regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
     by_regs = dev.regs_per_sm // (regs_per_warp * warps)
     by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
     by_threads = dev.max_threads_per_sm // (32 * warps)
     return max(1, min(by_regs, by_smem, by_threads))
-
-
-@functools.cache
-def _check_block(kernel: cupy.RawKernel, threads: int) -> None:
-    assert threads <= kernel.max_threads_per_block, (threads, kernel.max_threads_per_block)
 
 
 class MoeWorkspace:
@@ -111,11 +108,9 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
 
 def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple]:
     assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
-    threads = 32 * config.warps
-    _check_block(kernel, threads)
     blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
     grid = (device_info().sm_count * blocks_per_sm,)  # persistent: blocks claim work items from a ticket
-    block = (threads,)
+    block = (32 * config.warps,)
     return grid, block
 
 
@@ -164,12 +159,3 @@ def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer:
             np.int32(geo.max_used_experts))
     kernel(grid, block, args, shared_mem=shared_mem)
     return out
-
-
-def launch_slot_table_set(table: Any, clear_index: int, set_index: int, slot: int) -> None:
-    """table.flat[clear_index] = -1, then table.flat[set_index] = slot (an index < 0 skips), on the current stream."""
-    assert table.dtype == cupy.int32 and table.flags.c_contiguous
-    assert -1 <= clear_index < table.size and -1 <= set_index < table.size, (clear_index, set_index, table.size)
-    kernel = get_kernel("expert_bf16", "slot_table_set")
-    grid, block, shared_mem = (1,), (32,), 0
-    kernel(grid, block, (table, np.int32(clear_index), np.int32(set_index), np.int32(slot)), shared_mem=shared_mem)

@@ -91,7 +91,7 @@ def test_backend_selection():
         get_backend("tpu")
     if not gpu_available():
         assert get_backend("auto").name == "numpy"
-        with pytest.raises(UserError, match="use --backend numpy"):
+        with pytest.raises(UserError, match="use the NumPy backend"):
             get_backend("cupy")
 
 

@@ -104,12 +104,3 @@ __device__ __forceinline__ void moe_bf16(const bf16_t* x, const int* ids, const 
 
 MOE_BF16_ENTRY(moe_bf16_t8, 1)
 MOE_BF16_ENTRY(moe_bf16_t16, 2)
-
-// Slot-table edit, run on the copy stream: the old owner is cleared before its slot is overwritten, the new
-// one is set after the copy, so the table names a slot only while its data is there.
-extern "C" __global__ void slot_table_set(int* table, int clear_index, int set_index, int slot) {
-    if (threadIdx.x == 0 && blockIdx.x == 0) {
-        if (clear_index >= 0) table[clear_index] = -1;
-        if (set_index >= 0) table[set_index] = slot;
-    }
-}

@@ -1,0 +1,222 @@
+"""Kernel benchmark: the fused INT4 MoE layer, the bf16 verify layer and bf16 library matmuls of the same
+experts, plus expert copies and copy/compute overlap, at real models' expert shapes (CuPy only).
+
+Per model and token count T it reports the INT4 layer's time, its bandwidth (bytes of the distinct experts'
+packed weights and scales over time) against the measured HBM copy bandwidth, and its speedup over bf16
+library matmuls of the same experts (three GEMMs per expert; elementwise work left out, so the baseline
+time is a lower bound). Per model: the H2D rate of one expert copy against the measured pinned peak, and
+how much of the copies hides under a stream of INT4 layers. Goals (issue 5): bandwidth >= 75 %, speedup
+>= 3x at T = 1, H2D >= 90 % of peak, overlap >= 95 %; missed goals are listed with their numbers.
+
+Usage:
+    python -m moespeq.runtime.bench_kernels --out runtime/results/bench_kernels_h200.json
+    moespeq bench --kernels --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from moespeq.spec import get_model
+
+log = logging.getLogger(__name__)
+
+BENCH_MODELS = ("phi-3.5-moe", "qwen1.5-moe-a2.7b", "deepseek-v2-lite", "mixtral-8x7b")
+BENCH_TOKENS = (1, 4, 8)
+GOALS = {"bandwidth_frac": 0.75, "speedup_t1": 3.0, "h2d_frac": 0.90, "overlap": 0.95}
+
+
+def environment() -> dict[str, Any]:
+    import cupy
+
+    from moespeq.runtime.moe_kernels import device_info
+
+    driver = cupy.cuda.runtime.driverGetVersion()
+    return {"gpu": device_info().name, "sm_count": device_info().sm_count, "l2_bytes": device_info().l2_bytes,
+            "cuda_driver_api": f"{driver // 1000}.{driver % 1000 // 10}", "driver": _nvidia_driver(),
+            "cupy": cupy.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _nvidia_driver() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception as exc:  # noqa: BLE001 - NVML is optional; the CUDA driver API version is reported anyway
+        return f"unknown ({type(exc).__name__})"
+
+
+def bench_model(name: str, tokens: Sequence[int], hbm_gbps: float, pinned_peak_gbps: float) -> dict[str, Any]:
+    """Kernel rows and copy/overlap numbers for one model's expert shapes."""
+    from moespeq.runtime.kernel_bench import LayerBench, bf16_matmuls
+    from moespeq.runtime.launch_config import launch_config
+    from moespeq.runtime.moe_kernels import device_info
+    from moespeq.runtime.timing import median_time_s
+
+    spec = get_model(name)
+    lb = LayerBench.build(spec)
+    geo, dev = lb.geo, device_info().name
+    matmuls = bf16_matmuls()
+    rows = []
+    for t in tokens:
+        geo.check_tokens(t)
+        distinct = lb.mean_distinct(t)
+        cfg4, cfgb = (launch_config(k, dev, geo.hidden, geo.moe_ffn, t) for k in ("moe_int4", "moe_bf16"))
+        int4_s = median_time_s(lb.int4_call(t, cfg4), iters=100)
+        bf16_s = median_time_s(lb.bf16_call(t, cfgb), iters=50)
+        row = {"model": name, "tokens": t, "distinct_experts": distinct, "int4_us": int4_s * 1e6,
+               "int4_gbps": distinct * geo.expert_bytes_int4 / int4_s / 1e9, "bf16_verify_us": bf16_s * 1e6,
+               "bf16_verify_gbps": distinct * geo.expert_bytes_bf16 / bf16_s / 1e9,
+               "int4_config": cfg4.to_dict(), "bf16_config": cfgb.to_dict()}
+        row["int4_bw_frac"] = row["int4_gbps"] / hbm_gbps
+        row["bf16_verify_bw_frac"] = row["bf16_verify_gbps"] / hbm_gbps
+        for label, mm in matmuls.items():
+            mm_s = median_time_s(lb.matmul_call(t, mm), iters=30)
+            row[f"{label}_us"] = mm_s * 1e6
+            row[f"speedup_vs_{label}"] = mm_s / int4_s
+        rows.append(row)
+    copies = bench_copies(lb, pinned_peak_gbps, tokens=rows[0]["tokens"], int4_s_per_call=rows[0]["int4_us"] * 1e-6)
+    return {"rows": rows, "copies": copies}
+
+
+def bench_copies(lb: Any, pinned_peak_gbps: float, tokens: int, int4_s_per_call: float, n_copies: int = 8) -> dict[str, Any]:
+    """One expert's H2D copy through the store, alone and under a stream of INT4 layers."""
+    import cupy
+
+    from moespeq.runtime.backend import get_backend
+    from moespeq.runtime.copy_bench import overlap_efficiency
+    from moespeq.runtime.expert_store import ExpertStore
+    from moespeq.runtime.launch_config import launch_config
+    from moespeq.runtime.moe_kernels import device_info
+    from moespeq.runtime.timing import median_time_s
+
+    geo = lb.geo
+    compute = cupy.cuda.Stream(non_blocking=True)
+    store = ExpertStore(geo, layers=1, slots=2, backend=get_backend("cupy"), compute_stream=compute)
+    step = [0]
+
+    def prefetch(_: int = 0) -> None:
+        j = step[0]
+        step[0] += 1
+        store.prefetch(0, j % geo.experts, j % 2)  # the expert moved in two copies ago left its slot already
+
+    dst, src = store.arena[0].data.ptr, store.host_expert(0, 0).ctypes.data
+    raw_s = median_time_s(lambda i: cupy.cuda.runtime.memcpyAsync(dst, src, geo.expert_bytes_bf16, cupy.cuda.runtime.memcpyHostToDevice,
+                                                                   store.copy_stream.ptr), iters=20, stream=store.copy_stream)
+    prefetch_s = median_time_s(prefetch, iters=20, stream=store.copy_stream)
+    cfg = launch_config("moe_int4", device_info().name, geo.hidden, geo.moe_ffn, tokens)
+    layer_call = lb.int4_call(tokens, cfg)
+    layers_per_run = max(1, round(n_copies * raw_s / int4_s_per_call))
+
+    def copies() -> None:
+        for _ in range(n_copies):
+            prefetch()
+
+    def layers() -> None:
+        with compute:
+            for i in range(layers_per_run):
+                layer_call(i)
+
+    overlap = overlap_efficiency(copies, layers, store.copy_stream, compute)
+    gbps = geo.expert_bytes_bf16 / raw_s / 1e9
+    return {"expert_bytes": geo.expert_bytes_bf16, "pinned": store.pinned, "h2d_gbps": gbps,
+            "h2d_frac": gbps / pinned_peak_gbps, "prefetch_gbps": geo.expert_bytes_bf16 / prefetch_s / 1e9,
+            "overlap": overlap, "int4_layers_per_run": layers_per_run, "copies_per_run": n_copies}
+
+
+def goals_report(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every goal check with its number; `met` False where missed."""
+    checks = []
+    baseline = "cupy.matmul" if any("speedup_vs_cupy.matmul" in r for r in result["rows"]) else "torch.matmul"
+    for r in result["rows"]:
+        checks.append({"goal": "int4 bandwidth >= 75 % of HBM copy", "model": r["model"], "tokens": r["tokens"],
+                       "value": r["int4_bw_frac"], "met": r["int4_bw_frac"] >= GOALS["bandwidth_frac"]})
+        if r["tokens"] == 1 and f"speedup_vs_{baseline}" in r:
+            v = r[f"speedup_vs_{baseline}"]
+            checks.append({"goal": f"speedup >= 3x over bf16 {baseline} at T=1", "model": r["model"], "tokens": 1,
+                           "value": v, "met": v >= GOALS["speedup_t1"]})
+    for model, c in result["copies"].items():
+        checks.append({"goal": "expert H2D >= 90 % of pinned peak", "model": model, "value": c["h2d_frac"],
+                       "met": c["h2d_frac"] >= GOALS["h2d_frac"]})
+        checks.append({"goal": "copy/compute overlap >= 95 %", "model": model, "value": c["overlap"]["efficiency"],
+                       "met": c["overlap"]["efficiency"] >= GOALS["overlap"]})
+    return checks
+
+
+def run_benchmark(models: Sequence[str], tokens: Sequence[int], command: str) -> dict[str, Any]:
+    from moespeq.runtime.copy_bench import h2d_gbps, hbm_copy_gbps
+
+    hbm = hbm_copy_gbps()
+    peak = max(h2d_gbps(size) for size in (64 * 2**20, 256 * 2**20, 2**30))
+    result: dict[str, Any] = {"command": command, **environment(), "hbm_copy_gbps": hbm, "pinned_h2d_peak_gbps": peak,
+                              "goals": GOALS, "rows": [], "copies": {}}
+    for name in models:
+        log.info("benchmarking %s", name)
+        part = bench_model(name, tokens, hbm, peak)
+        result["rows"] += part["rows"]
+        result["copies"][name] = part["copies"]
+    result["goal_checks"] = goals_report(result)
+    return result
+
+
+def print_report(result: dict[str, Any]) -> None:
+    from moespeq.commands.output import print_table
+
+    print(f"{result['gpu']}  driver {result['driver']}  CuPy {result['cupy']}  HBM copy {result['hbm_copy_gbps']:.0f} GB/s  "
+          f"pinned H2D peak {result['pinned_h2d_peak_gbps']:.1f} GB/s")
+    base = "cupy.matmul" if any("cupy.matmul_us" in r for r in result["rows"]) else "torch.matmul"
+    print_table(("model", "T", "experts", "int4 us", "GB/s", "%HBM", "bf16 verify us", "%HBM", f"{base} us", "speedup"),
+                [(r["model"], r["tokens"], r["distinct_experts"], r["int4_us"], r["int4_gbps"], 100 * r["int4_bw_frac"],
+                  r["bf16_verify_us"], 100 * r["bf16_verify_bw_frac"], r.get(f"{base}_us", float("nan")),
+                  r.get(f"speedup_vs_{base}", float("nan"))) for r in result["rows"]])
+    print()
+    print_table(("model", "expert MB", "H2D GB/s", "% peak", "prefetch GB/s", "overlap %"),
+                [(m, c["expert_bytes"] / 1e6, c["h2d_gbps"], 100 * c["h2d_frac"], c["prefetch_gbps"],
+                  100 * c["overlap"]["efficiency"]) for m, c in result["copies"].items()])
+    missed = [c for c in result["goal_checks"] if not c["met"]]
+    print(f"\ngoals: {len(result['goal_checks']) - len(missed)} of {len(result['goal_checks'])} met")
+    for c in missed:
+        print(f"  MISSED {c['goal']}: {c['model']}{' T=' + str(c['tokens']) if 'tokens' in c else ''} = {c['value']:.3g}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=",".join(BENCH_MODELS), help="comma-separated model presets")
+    p.add_argument("--tokens", default=",".join(map(str, BENCH_TOKENS)), help="comma-separated token counts")
+    p.add_argument("--out", metavar="FILE", help="write the results as JSON")
+
+
+def main(argv: list[str] | None = None, command: str | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_from_args(args, command or "python -m moespeq.runtime.bench_kernels " + " ".join(sys.argv[1:]))
+
+
+def run_from_args(args: argparse.Namespace, command: str) -> int:
+    from moespeq.runtime.backend import require_gpu
+
+    require_gpu("the kernel benchmark")
+    models = [m for m in args.models.split(",") if m]
+    for m in models:
+        get_model(m)
+    tokens = [int(t) for t in args.tokens.split(",") if t]
+    result = run_benchmark(models, tokens, command)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

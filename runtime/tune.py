@@ -1,0 +1,45 @@
+"""Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
+
+Candidates: 4 or 8 warps per block, 1..4 blocks per SM (as many as fit), 1..8 splits of F in the down
+projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
+through launch_config.write_configs.
+
+Usage:
+    best = tune(layer_bench, "moe_int4", tokens=(1, 4, 8))   # {tokens: (LaunchConfig, seconds)}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from moespeq.runtime.kernel_bench import LayerBench
+from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.moe_kernels import get_kernel, occupancy
+from moespeq.runtime.timing import median_time_s
+
+log = logging.getLogger(__name__)
+
+_FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
+              "moe_bf16": ("expert_bf16", "moe_bf16_t8", "moe_bf16_t16")}
+
+
+def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[LaunchConfig]:
+    source, small, large = _FUNCTIONS[kernel]
+    fn = get_kernel(source, small if tokens <= 8 else large)
+    splits = [j for j in (1, 2, 4, 8) if j <= min(max_splits, moe_ffn // 128)]
+    return [LaunchConfig(warps, blocks, j) for warps in (4, 8) for blocks in range(1, min(4, occupancy(fn, warps)) + 1)
+            for j in splits]
+
+
+def tune(lb: LayerBench, kernel: str, tokens: Sequence[int], iters: int = 20) -> dict[int, tuple[LaunchConfig, float]]:
+    """Fastest configuration per token count for one model's shapes."""
+    call = lb.int4_call if kernel == "moe_int4" else lb.bf16_call
+    best = {}
+    for t in tokens:
+        timed = [(median_time_s(call(t, cfg), iters=iters, warmup=3), cfg)
+                 for cfg in candidates(kernel, t, lb.geo.moe_ffn, lb.workspace.max_splits)]
+        seconds, cfg = min(timed, key=lambda pair: pair[0])
+        log.info("%s %s T=%d: best %s at %.1f us (of %d tried)", kernel, lb.spec.name, t, cfg, seconds * 1e6, len(timed))
+        best[t] = (cfg, seconds)
+    return best

@@ -1,0 +1,208 @@
+"""MoE kernels on the GPU against their references, fresh random weights at every preset's shapes."""
+
+import numpy as np
+import pytest
+
+from moespeq.runtime.bf16 import from_bf16, round_bf16, to_bf16
+from moespeq.runtime.int4_pack import Int4Experts, PackedMatrix, dequantize_packed
+from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.layout import ExpertGeometry, SlotArena
+from moespeq.runtime.reference import moe_bf16_reference, moe_int4_reference
+from moespeq.spec import PRESETS
+
+pytestmark = pytest.mark.gpu
+cupy = pytest.importorskip("cupy")
+
+NAN_BITS = 0x7FC0
+TOKENS = [1, 3, 8, 9, 16]
+CONFIGS = [LaunchConfig(warps=8, blocks_per_sm=2, down_splits=1), LaunchConfig(warps=4, blocks_per_sm=3, down_splits=4)]
+
+
+def _kernels():
+    from moespeq.runtime import moe_kernels
+
+    return moe_kernels
+
+
+@pytest.fixture(scope="module")
+def int4_layers():
+    from moespeq.runtime.kernel_bench import random_int4_experts
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cupy.random.seed(len(cache) + 1)
+            geo = ExpertGeometry.from_spec(PRESETS[name])
+            cache.clear()  # one preset's weights at a time
+            cache[name] = (geo, random_int4_experts(geo))
+        return cache[name]
+    return get
+
+
+def routing(tokens, geo, seed):
+    from moespeq.runtime.kernel_bench import routing_with_distinct
+
+    ids, w = routing_with_distinct(tokens, geo, None, np.random.default_rng(seed))
+    return cupy.asarray(ids), cupy.asarray(w)
+
+
+def rel_err(got_bits, ref_bits):
+    got, ref = from_bf16(got_bits).astype(cupy.float64), from_bf16(ref_bits).astype(cupy.float64)
+    return float(cupy.linalg.norm(got - ref) / cupy.linalg.norm(ref))
+
+
+def diagnose(y, ref, x, ids, weights_of, ws):
+    """Where the error is: per token, unwritten outputs, and phase 1 (h) of the first expert in use."""
+    per_token = [rel_err(y[t], ref[t]) for t in range(y.shape[0])]
+    e0 = int(ids[0, 0])
+    tokens = cupy.nonzero((ids == e0).any(axis=1))[0]
+    gate, up, _ = weights_of(e0)
+    xe = from_bf16(x[tokens])
+    g = xe @ gate.T
+    h_ref = round_bf16(g / (1 + cupy.exp(-g)) * (xe @ up.T))
+    h_got = from_bf16(ws.hbuf[0, : len(tokens)])
+    h_err = float(cupy.linalg.norm(h_got - h_ref) / cupy.linalg.norm(h_ref))
+    nans = int(cupy.isnan(from_bf16(y)).sum())
+    return f"per-token rel err {np.round(per_token, 4)}, unwritten/NaN {nans}, phase-1 h rel err {h_err:.3g}, flags {ws.errors()}"
+
+
+def int4_weights_of(experts):
+    def weights_of(e):
+        return tuple(dequantize_packed(PackedMatrix(m.codes[e], m.scales[e])) for m in (experts.gate, experts.up, experts.down))
+    return weights_of
+
+
+def check_launch(launch, geo, x, ids, w, ref, weights_of):
+    """Poisoned output, fully written, within 1e-2 of the reference, counters re-armed, bit-identical on rerun."""
+    ws = _kernels().MoeWorkspace(geo)
+    y = cupy.full(x.shape, NAN_BITS, dtype=cupy.uint16)
+    launch(ws, y)
+    err = rel_err(y, ref)
+    assert err <= 1e-2, diagnose(y, ref, x, ids, weights_of, ws)
+    assert ws.errors() == []
+    assert not ws.counters.get().any()  # ticket, completion, exit and row counters all back to zero
+    y2 = cupy.full(x.shape, NAN_BITS, dtype=cupy.uint16)
+    launch(ws, y2)
+    assert bool((y2 == y).all()), "two launches on the same inputs differ: the reduction is not deterministic"
+    return err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["w8b2j1", "w4b3j4"])
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_int4_kernel_matches_reference(name, tokens, config, int4_layers):
+    geo, experts = int4_layers(name)
+    ids, w = routing(tokens, geo, seed=tokens)
+    x = to_bf16(cupy.random.standard_normal((tokens, geo.hidden), dtype=cupy.float32))
+    ref = moe_int4_reference(x, ids, w, experts)
+    check_launch(lambda ws, y: _kernels().launch_moe_int4(x, ids, w, experts, ws, y, config), geo, x, ids, w, ref,
+                 int4_weights_of(experts))
+
+
+def test_int4_kernel_on_rtn_quantized_weights_matches_numpy_reference():
+    """The whole path from float weights: quantize_rtn, pack on the host, upload, kernel vs NumPy reference."""
+    rng = np.random.default_rng(11)
+    geo = ExpertGeometry(hidden=2048, moe_ffn=1024, experts=4, top_k=2)
+    gate, up = (rng.standard_normal((4, 1024, 2048)).astype(np.float32) * 0.02 for _ in range(2))
+    down = rng.standard_normal((4, 2048, 1024)).astype(np.float32) * 0.02
+    host = Int4Experts.from_weights(gate, up, down)
+    x = to_bf16(rng.standard_normal((5, 2048)).astype(np.float32))
+    ids = np.array([[0, 1], [1, 2], [3, 0], [2, 3], [1, 0]], np.int32)
+    w = rng.random((5, 2)).astype(np.float32)
+    ref = moe_int4_reference(x, ids, w, host)
+    dev = host.to(cupy)
+    check_launch(lambda ws, y: _kernels().launch_moe_int4(cupy.asarray(x), cupy.asarray(ids), cupy.asarray(w), dev, ws,
+                                                          y, CONFIGS[0]),
+                 geo, cupy.asarray(x), cupy.asarray(ids), cupy.asarray(w), cupy.asarray(ref), int4_weights_of(dev))
+
+
+def test_back_to_back_launches_need_no_reset_or_sync(int4_layers):
+    geo, experts = int4_layers("deepseek-v2-lite")
+    ws = _kernels().MoeWorkspace(geo)
+    runs = []
+    for tokens in (4, 16, 1):
+        ids, w = routing(tokens, geo, seed=100 + tokens)
+        x = to_bf16(cupy.random.standard_normal((tokens, geo.hidden), dtype=cupy.float32))
+        y = cupy.full(x.shape, NAN_BITS, dtype=cupy.uint16)
+        _kernels().launch_moe_int4(x, ids, w, experts, ws, y, CONFIGS[1])
+        runs.append((x, ids, w, y))
+    for x, ids, w, y in runs:
+        assert rel_err(y, moe_int4_reference(x, ids, w, experts)) <= 1e-2
+
+
+def test_bad_expert_id_is_flagged_not_fatal(int4_layers):
+    geo, experts = int4_layers("olmoe-1b-7b")
+    ids, w = routing(2, geo, seed=5)
+    ids[1, 0] = geo.experts + 3
+    ws = _kernels().MoeWorkspace(geo)
+    y = cupy.zeros((2, geo.hidden), dtype=cupy.uint16)
+    _kernels().launch_moe_int4(to_bf16(cupy.ones((2, geo.hidden), dtype=cupy.float32)), ids, w, experts, ws, y, CONFIGS[0])
+    assert ws.errors() == ["an expert id outside [0, E)"]
+    assert not ws.counters.get()[[0, 1, 2]].any()
+
+
+def test_unsupported_token_count_is_a_user_error(int4_layers):
+    from moespeq.errors import UserError
+    from moespeq.runtime.ops import moe_int4
+
+    geo, experts = int4_layers("olmoe-1b-7b")
+    ids, w = routing(16, geo, seed=1)
+    x = cupy.zeros((17, geo.hidden), dtype=cupy.uint16)
+    with pytest.raises(UserError, match="17 tokens"):
+        moe_int4(x, cupy.zeros((17, geo.top_k), cupy.int32), cupy.zeros((17, geo.top_k), cupy.float32), experts)
+
+
+# ---- bf16 verify kernel -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bf16_caches():
+    from moespeq.runtime.kernel_bench import random_bf16
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache.clear()
+            cupy.random.seed(7)
+            geo = ExpertGeometry.from_spec(PRESETS[name])
+            arena = cupy.empty((geo.experts, geo.expert_elems), dtype=cupy.uint16)
+            for s in range(geo.experts):
+                arena[s] = random_bf16((geo.expert_elems,), 0.02)
+            table = cupy.full((2, geo.experts), -1, dtype=cupy.int32)
+            table[1] = cupy.asarray(np.random.default_rng(3).permutation(geo.experts).astype(np.int32))  # scrambled
+            cache[name] = SlotArena(arena, table, geo)
+        return cache[name]
+    return get
+
+
+def bf16_weights_of(cache, layer):
+    d, f = cache.geometry.hidden, cache.geometry.moe_ffn
+
+    def weights_of(e):
+        w = from_bf16(cache.arena[int(cache.slot_table[layer, e])])
+        return w[: f * d].reshape(f, d), w[f * d: 2 * f * d].reshape(f, d), w[2 * f * d:].reshape(d, f)
+    return weights_of
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["w8b2j1", "w4b3j4"])
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_bf16_verify_kernel_matches_cupy_matmul(name, tokens, config, bf16_caches):
+    cache = bf16_caches(name)
+    geo = cache.geometry
+    ids, w = routing(tokens, geo, seed=50 + tokens)
+    x = to_bf16(cupy.random.standard_normal((tokens, geo.hidden), dtype=cupy.float32))
+    ref = moe_bf16_reference(x, ids, w, cache.arena, cache.slot_table, 1)  # cupy.matmul in float32
+    check_launch(lambda ws, y: _kernels().launch_moe_bf16(x, ids, w, cache, 1, ws, y, config), geo, x, ids, w, ref,
+                 bf16_weights_of(cache, 1))
+
+
+def test_bf16_missing_expert_is_flagged(bf16_caches):
+    cache = bf16_caches("deepseek-v2-lite")
+    geo = cache.geometry
+    ids, w = routing(3, geo, seed=9)
+    ws = _kernels().MoeWorkspace(geo)
+    y = cupy.zeros((3, geo.hidden), dtype=cupy.uint16)
+    _kernels().launch_moe_bf16(to_bf16(cupy.ones((3, geo.hidden), dtype=cupy.float32)), ids, w, cache, 0, ws, y, CONFIGS[0])
+    assert ws.errors() == ["an expert without a cache slot"]
