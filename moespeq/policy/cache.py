@@ -154,6 +154,34 @@ class ExpertCache:
             self.counters.loads_prefetch += 1
         return OK, victim
 
+    def reserve_many(self, flat: np.ndarray) -> tuple[int, list[int]]:
+        """Claim slots for demand copies of absent experts flat [m] (one pool), evicting in one decision.
+
+        Returns how many (a prefix of flat) got a slot, and the victims. Same result as m calls of
+        reserve(f, demand=True): a claimed slot is LOADING, so it is never another claim's victim, and
+        an eviction changes no other expert's rank."""
+        pool = self._pool(int(flat[0]))
+        if self.per_layer and (flat // self.E != flat[0] // self.E).any():
+            raise ValueError("reserve_many takes experts of one pool")
+        free = self.capacity[pool] - self._used[pool]
+        need = flat.size - max(free, 0)
+        victims: list[int] = []
+        if need > 0:
+            lo, hi = self._range[pool]
+            candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
+            victims = self.eviction.victims(candidates, lo, min(need, int(candidates.sum()))).tolist()
+            for victim in victims:
+                self._evict(victim)
+        granted = min(flat.size, self.capacity[pool] - self._used[pool])
+        claimed, free_list = flat[:granted], self._free[pool]
+        self._used[pool] += granted
+        self.state[claimed] = LOADING
+        self.slot_of[claimed] = free_list[len(free_list) - granted:][::-1]
+        del free_list[len(free_list) - granted:]
+        self.prefetched[claimed] = False
+        self.counters.loads_demand += granted
+        return granted, victims
+
     def _evict(self, victim: int) -> None:
         pool = self._pool(victim)
         if self.prefetched[victim]:
@@ -165,9 +193,11 @@ class ExpertCache:
         self.slot_of[victim] = -1
         self._used[pool] -= 1
 
-    def landed(self, flat: int) -> None:
+    def landed(self, flat: int | np.ndarray) -> None:
+        """Copies of flat (one index, or several demand copies [m]) finished."""
         self.state[flat] = RESIDENT
-        self.eviction.on_insert(flat, self.clock)
+        prefetched = bool(self.prefetched[flat]) if np.ndim(flat) == 0 else False
+        self.eviction.on_insert(flat, self.clock, prefetched)
 
     def preload(self, flat: Sequence[int]) -> None:
         """Make experts resident without counting loads (a warm start), as far as free slots allow."""

@@ -86,9 +86,10 @@ class GovernorConfig:
     k: int = 4  # static: the fixed draft length
     k_min: int = 0  # roofline: smallest candidate (0 lets it switch speculation off)
     k_max: int = 8  # roofline: largest candidate (k_SLO of the paper)
-    ema: float = 0.2  # roofline: EMA factor of per-position acceptance and of new-expert counts
-    warmup: int = 4  # roofline: cycles at k_max that measure acceptance before the EMA takes over
+    ema: float = 0.1  # roofline: EMA factor of per-position acceptance and of new-expert counts
+    warmup: int = 8  # roofline: cycles at k_max that measure acceptance before the EMA takes over
     prior_acceptance: float = 0.8  # roofline: per-position acceptance assumed before any measurement
+    prior_weight: float = 2.0  # roofline: the prior counts as this many observations of each position
     probe_interval: int = 16  # roofline: after this many cycles at k = 0, one cycle at k = 1 re-measures p_1
 
     def __post_init__(self) -> None:
@@ -100,6 +101,7 @@ class GovernorConfig:
             raise ValueError(f"GovernorConfig.k_min={self.k_min} exceeds k_max={self.k_max}")
         _in_range("GovernorConfig", "ema", self.ema, 1e-6, 1.0)
         _in_range("GovernorConfig", "prior_acceptance", self.prior_acceptance, 0.0, 1.0)
+        _in_range("GovernorConfig", "prior_weight", self.prior_weight, 0.0, 1e6)
 
 
 @dataclass(frozen=True)

@@ -43,66 +43,120 @@ class EvictionPolicy:
         self.freq_step = np.zeros(n, dtype=np.float64)
         self.step = 0
         self.layer = 0
+        self._keys: dict[bool, np.ndarray] = {}  # tie keys over all experts, valid until the stats change
 
     # ---- told ---------------------------------------------------------------------------------------
     def progress(self, step: int, layer: int) -> None:
+        if step != self.step:
+            self._keys.clear()  # decayed frequencies changed
         self.step, self.layer = step, layer
 
-    def on_access(self, flat: np.ndarray, clock: int) -> None:
-        self.last_use[flat] = clock
+    def _use(self, flat: np.ndarray | int) -> None:
         self.count[flat] += 1
         self.freq[flat] = self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) + 1.0
         self.freq_step[flat] = self.step
+        self._refresh(flat)
 
-    def on_insert(self, flat: int, clock: int) -> None:
-        """A newly loaded expert counts as just used for recency, so it is not the next victim."""
+    def _refresh(self, flat: np.ndarray | int) -> None:
+        """Update the cached tie keys of these experts only (the others' statistics did not change)."""
+        for recency_first, key in self._keys.items():
+            key[flat] = self._tie_key(flat, recency_first)
+
+    def on_access(self, flat: np.ndarray, clock: int) -> None:
         self.last_use[flat] = clock
+        self._use(flat)
+
+    def on_insert(self, flat: int | np.ndarray, clock: int, prefetched: bool = False) -> None:
+        """A newly loaded expert counts as just used for recency, so it is not the next victim.
+
+        A prefetched expert also gets one use of frequency credit (the prediction stands for the use it
+        expects): otherwise frequency rules evict every prefetch before its use, as it has no count yet.
+        A demand load's use was already counted by `on_access`.
+        """
+        self.last_use[flat] = clock
+        if prefetched:
+            self._use(flat)
+        else:
+            self._refresh(flat)
 
     # ---- asked --------------------------------------------------------------------------------------
     def decayed(self, lo: int, hi: int) -> np.ndarray:
         return self.freq[lo:hi] * self.decay ** (self.step - self.freq_step[lo:hi])
 
+    def tie_key(self, lo: int, hi: int, recency_first: bool = False) -> np.ndarray:
+        """One float key ordering (decayed frequency, recency) lexicographically (smaller = evict first).
+
+        The frequency is quantized to 1/1024 (closer values count as equal and recency decides); the
+        recency clock must stay below 2^27 accesses (about 4 M tokens of a 32-layer model). Cached
+        until the statistics change, because a batch of evictions asks many times in between.
+        """
+        key = self._keys.get(recency_first)
+        if key is None:
+            key = self._keys[recency_first] = self._tie_key(slice(None), recency_first)
+        return key[lo:hi]
+
+    def _tie_key(self, flat: np.ndarray | int | slice, recency_first: bool) -> np.ndarray:
+        last_use = self.last_use[flat]
+        if np.max(last_use) >= _CLOCK_LIMIT:
+            raise RuntimeError("access clock passed 2^27: the eviction tie key would lose recency order")
+        freq_q = np.floor(self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) * _FREQ_SCALE)
+        if recency_first:
+            return last_use * _FREQ_LIMIT + np.minimum(freq_q, _FREQ_LIMIT - 1)
+        return freq_q * _CLOCK_LIMIT + last_use
+
+    def keys(self, lo: int, hi: int) -> list[np.ndarray]:
+        """Eviction order over experts lo..hi: lexicographic on these keys, smallest first."""
+        raise NotImplementedError
+
     def victim(self, candidates: np.ndarray, lo: int) -> int:
         """Flat index of the expert to evict among candidates [hi - lo] bool (at least one True)."""
-        raise NotImplementedError
+        keys = self.keys(lo, lo + candidates.size)
+        alive = candidates
+        for key in keys[:-1]:
+            alive = alive & (key == np.where(alive, key, np.inf).min())
+        return lo + _masked_argmin(keys[-1], alive)
+
+    def victims(self, candidates: np.ndarray, lo: int, m: int) -> np.ndarray:
+        """The first m experts to evict, in order (evicting one does not change the others' keys)."""
+        if m == 1:
+            return np.array([self.victim(candidates, lo)])
+        idx = np.flatnonzero(candidates)
+        keys = [k[idx] for k in self.keys(lo, lo + candidates.size)]
+        order = np.argsort(keys[0], kind="stable") if len(keys) == 1 else np.lexsort(keys[::-1])
+        return lo + idx[order[:m]]
 
     def admit(self, new: int, victim: int) -> bool:
         return True
 
 
-def _argmin_ties(keys: list[np.ndarray], candidates: np.ndarray) -> int:
-    """Index of the lexicographically smallest key tuple among candidates (first index on full ties)."""
-    alive = candidates.copy()
-    for key in keys:
-        best = key[alive].min()
-        alive &= key <= best
-        if np.count_nonzero(alive) == 1:
-            break
-    return int(np.flatnonzero(alive)[0])
+_FREQ_SCALE = 1024.0
+_FREQ_LIMIT = float(2**24)
+_CLOCK_LIMIT = float(2**27)
+
+
+def _masked_argmin(key: np.ndarray, candidates: np.ndarray) -> int:
+    return int(np.where(candidates, key, np.inf).argmin())
 
 
 class LRU(EvictionPolicy):
     name = "lru"
 
-    def victim(self, candidates: np.ndarray, lo: int) -> int:
-        keys = self.last_use[lo:lo + candidates.size]
-        return lo + int(np.where(candidates, keys, np.inf).argmin())
+    def keys(self, lo: int, hi: int) -> list[np.ndarray]:
+        return [self.last_use[lo:hi]]
 
 
 class LFU(EvictionPolicy):
     name = "lfu"
 
-    def victim(self, candidates: np.ndarray, lo: int) -> int:
-        hi = lo + candidates.size
-        return lo + _argmin_ties([self.count[lo:hi], self.last_use[lo:hi]], candidates)
+    def keys(self, lo: int, hi: int) -> list[np.ndarray]:
+        return [self.count[lo:hi] * _CLOCK_LIMIT + self.last_use[lo:hi]]
 
 
 class LFRU(EvictionPolicy):
     name = "lfru"
 
-    def victim(self, candidates: np.ndarray, lo: int) -> int:
-        hi = lo + candidates.size
-        return lo + _argmin_ties([self.decayed(lo, hi), self.last_use[lo:hi]], candidates)
+    def keys(self, lo: int, hi: int) -> list[np.ndarray]:
+        return [self.tie_key(lo, hi)]
 
 
 class _NextUse(EvictionPolicy):
@@ -110,18 +164,14 @@ class _NextUse(EvictionPolicy):
 
     def __init__(self, layers: int, experts: int, decay: float = 0.9, tie_break: str = "freq-recency") -> None:
         super().__init__(layers, experts, decay)
-        self.tie_break = tie_break
+        self.recency_first = tie_break == "recency-freq"
 
     def next_use(self) -> np.ndarray:
         """[L*E] distance (any monotone unit) to each expert's next use; FAR-or-more when unknown."""
         raise NotImplementedError
 
-    def victim(self, candidates: np.ndarray, lo: int) -> int:
-        hi = lo + candidates.size
-        ties = [self.decayed(lo, hi), self.last_use[lo:hi]]
-        if self.tie_break == "recency-freq":
-            ties.reverse()
-        return lo + _argmin_ties([-self.next_use()[lo:hi].astype(np.float64), *ties], candidates)
+    def keys(self, lo: int, hi: int) -> list[np.ndarray]:
+        return [-self.next_use()[lo:hi].astype(np.float64), self.tie_key(lo, hi, self.recency_first)]
 
     def admit(self, new: int, victim: int) -> bool:
         nxt = self.next_use()

@@ -5,12 +5,12 @@
   roofline   the Amortization Roofline governor (paper §3.2, moespeq.policy.roofline):
              k* = argmax_{k in [k_min, k_max]} Theta(k), with
              - per-position acceptance p_j by EMA with factor `ema` after a warm-up of `warmup` cycles at
-               k_max that measures them (the first n observations of a position are averaged, i.e. the
-               EMA factor is max(ema, 1/n), so warm-up and EMA are one formula);
+               k_max that measures them (the first n observations are averaged: factor max(ema, 1/n)),
+               shrunk toward the pooled rate of all positions (AcceptanceEstimator), because positions
+               beyond the k in use are not observed again after the warm-up;
              - N_new(T), the new experts that verifying T tokens needs, measured after each cycle by
-               comparing the verified tokens' routing with the cache contents at the cycle's start, EMA'd
-               per T; a T not yet observed is scaled from the largest observed T by the shape of the
-               uniform-routing curve E (1 - (1 - K/E)^T) (a prior before any observation);
+               comparing the verified tokens' routing with the cache contents at the cycle's start, as
+               a level (first token, seen every cycle) times a shape over T (NewExpertEstimator);
              - k = 0 a candidate when k_min = 0; after `probe_interval` cycles at k = 0 one cycle at
                k = 1 re-measures p_1, so speculation can come back when the draft starts agreeing.
 Governors are told each cycle's outcome (`observe`) and asked for the next k (`choose`).
@@ -58,7 +58,7 @@ class StaticGovernor(Governor):
 
 
 class _Ema:
-    """Per-index EMA whose first n observations are averaged (factor max(ema, 1/n))."""
+    """Per-index EMA whose first n observations are plainly averaged (factor max(ema, 1/n))."""
 
     def __init__(self, prior: np.ndarray, ema: float) -> None:
         self.value = prior.astype(np.float64).copy()
@@ -70,15 +70,51 @@ class _Ema:
         alpha = np.maximum(self.ema, 1.0 / self.n[index])
         self.value[index] += alpha * (x - self.value[index])
 
+    def weight(self) -> np.ndarray:
+        """Effective number of observations behind each value (an EMA remembers about 1/ema of them)."""
+        return np.minimum(self.n, 1.0 / self.ema)
+
+
+class AcceptanceEstimator:
+    """p_j for draft positions j = 1..J: a per-position EMA shrunk toward the pooled acceptance rate.
+
+    p_j = (m_j v_j + w p) / (m_j + w), with v_j the position's EMA over its m_j (effective) observations,
+    p the EMA over all positions (starting at `prior`) and w = `prior_weight`. A position seen only in a
+    short warm-up, or never since the governor settled on a shorter k, leans on the pooled rate instead
+    of on two stale samples.
+    """
+
+    def __init__(self, positions: int, prior: float, ema: float, prior_weight: float) -> None:
+        self.position = _Ema(np.full(positions, prior), ema)
+        self.pooled = _Ema(np.array([prior]), ema)
+        self.pooled.n[0] = 1  # the prior counts as one observation of the pooled rate
+        self.prior_weight = prior_weight
+
+    def observe(self, outcomes: np.ndarray) -> None:
+        """outcomes [m] of positions 1..m (1 accepted, 0 rejected)."""
+        self.position.update(np.arange(outcomes.size), outcomes)
+        self.pooled.update(np.zeros(1, dtype=np.int64), np.array([outcomes.mean()]))
+
+    def estimate(self) -> np.ndarray:
+        m, w = self.position.weight(), self.prior_weight
+        return (m * self.position.value + w * self.pooled.value[0]) / np.maximum(m + w, 1e-12)
+
 
 class NewExpertEstimator:
-    """N_new(T) for T = 1..T_max verified tokens (see the module docstring)."""
+    """N_new(T) for T = 1..T_max verified tokens, as a level times a shape: N_new(T) = (N_1 + 1) r(T) - 1.
+
+    The level N_1 (new experts of the first token, which depends on the cache) is seen every cycle; the
+    shape r(T) = (N_new(T) + 1) / (N_1 + 1) (how fast routing diversity grows with T) only when T tokens
+    are verified, and changes slowly. Before any observation N_1 = L E (1 - slots / (L E)) K / E (a cold
+    cache under uniform routing) and r(T) = (1 - (1 - K/E)^T) / (K/E) (distinct experts of T uniform tokens).
+    """
 
     def __init__(self, t_max: int, layers: int, experts: int, top_k: int, slots: int, ema: float) -> None:
         t = np.arange(1, t_max + 1)
-        self.shape = layers * experts * (1.0 - (1.0 - top_k / experts) ** t)  # [T] distinct experts, uniform
+        distinct = 1.0 - (1.0 - top_k / experts) ** t  # [T] per-expert probability of being needed
         cold = max(0.0, 1.0 - slots / (layers * experts))
-        self.curve = _Ema(self.shape * cold, ema)
+        self.level = _Ema(np.array([layers * experts * distinct[0] * cold]), ema)
+        self.shape = _Ema(distinct / distinct[0], ema)
         self.E = experts
 
     def observe(self, verify_ids: np.ndarray, resident: np.ndarray) -> None:
@@ -90,18 +126,14 @@ class NewExpertEstimator:
         for t in range(n_tok):
             seen[rows, verify_ids[t]] = True
             new[t] = np.count_nonzero(seen & ~resident)
-        upto = min(n_tok, self.shape.size)
-        self.curve.update(np.arange(upto), new[:upto])
+        self.level.update(np.zeros(1, dtype=np.int64), new[:1])
+        upto = min(n_tok, self.shape.value.size)
+        if upto > 1:
+            self.shape.update(np.arange(1, upto), (new[1:upto] + 1.0) / (new[0] + 1.0))
 
     def estimate(self) -> np.ndarray:
         """[T_max] expected new experts for T = 1..T_max."""
-        observed = np.flatnonzero(self.curve.n > 0)
-        if observed.size == 0:
-            return self.curve.value.copy()
-        top = observed[-1]
-        out = self.curve.value.copy()
-        out[top + 1:] = self.curve.value[top] * self.shape[top + 1:] / self.shape[top]
-        return out
+        return (self.level.value[0] + 1.0) * self.shape.value - 1.0
 
 
 class RooflineGovernor(Governor):
@@ -109,7 +141,7 @@ class RooflineGovernor(Governor):
 
     def __init__(self, cfg: GovernorConfig, perf: PerfModel, layers: int, experts: int, top_k: int, slots: int) -> None:
         self.cfg, self.perf = cfg, perf
-        self.accept = _Ema(np.full(max(cfg.k_max, 1), cfg.prior_acceptance), cfg.ema)
+        self.accept = AcceptanceEstimator(max(cfg.k_max, 1), cfg.prior_acceptance, cfg.ema, cfg.prior_weight)
         self.io = NewExpertEstimator(cfg.k_max + 1, layers, experts, top_k, slots, cfg.ema)
         self.cycles = 0
         self.zero_run = 0
@@ -122,7 +154,8 @@ class RooflineGovernor(Governor):
             return hi
         lo = min(cfg.k_min, hi)
         new = self.io.estimate()
-        self.last_theta = np.array([theta(self.perf, k, self.accept.value, new) for k in range(cfg.k_max + 1)])
+        accept = self.accept.estimate()
+        self.last_theta = np.array([theta(self.perf, k, accept, new) for k in range(cfg.k_max + 1)])
         k = lo + int(np.argmax(self.last_theta[lo:hi + 1]))
         if k == 0 and hi >= 1 and self.zero_run >= cfg.probe_interval > 0:
             return 1
@@ -134,8 +167,7 @@ class RooflineGovernor(Governor):
         self.zero_run = self.zero_run + 1 if k == 0 else 0
         seen = min(accepted + 1, k)  # positions 1..a accepted, a+1 rejected (if drafted), later unseen
         if seen:
-            outcome = (np.arange(seen) < accepted).astype(np.float64)
-            self.accept.update(np.arange(seen), outcome)
+            self.accept.observe((np.arange(seen) < accepted).astype(np.float64))
         if verify_ids is not None and resident_at_start is not None:
             self.io.observe(verify_ids, resident_at_start)
 

@@ -1,0 +1,278 @@
+"""The decode process: prefill, then speculative cycles (DESIGN §1) replayed on the lookahead trace.
+
+One cycle at position n (x_0 = y[n] is the last accepted token):
+  1. the governor picks k (capped by the trace: at most k_max and N - 2 - n);
+  2. k draft forwards on the compute stream; after forward j its routing D[n, j] goes to the host (a
+     small D2H copy), enters the ELB and is shown to the prefetcher (ELB phases I-III);
+  3. verification of x_0..x_k in one pass, layer by layer: attention and router, then the experts the
+     k + 1 tokens route to (V[n, :k+1], rejected tokens included), each once with its tokens grouped;
+     cached experts first, missing ones fetched on demand and computed as they land (stall otherwise);
+  4. accept a = the longest matching prefix of d[n, :k] (from the trace) and emit a + 1 tokens;
+     the governor is told (k, a, the verified routing, the cache at the cycle's start).
+k = 0 is plain decoding of one token with routing R[n] (every baseline). The prefill is one pass with
+the prompt's routing; its duration is the TTFT. A step is a prefill or a cycle; steps are numbered
+across the whole run (the oracle's schedule uses the same numbering).
+
+Dimension letters: L MoE layers, E experts, K top-k, T tokens in a pass, J draft positions.
+
+Usage:
+    env.process(Decoder(env, machine, policies, costs, trace, system, rng, stats).run())
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from moespeq.events import (
+    ACCEPT,
+    ATTENTION,
+    DRAFT,
+    EXPERT_COMPUTE,
+    GOVERNOR,
+    PREFILL,
+    STALL,
+    VERIFY,
+    Recorder,
+)
+from moespeq.policy import Policies
+from moespeq.policy.cache import ABSENT, RESIDENT
+from moespeq.policy.prefetch import Request
+from moespeq.trace import LookaheadTrace, SequenceTrace
+
+from .costs import CostModel
+from .machine import WHOLE_LAYER, Machine
+from .metrics import RunStats
+from .systems import SystemSpec
+
+# ---- the trace as cycles ---------------------------------------------------------------------------------
+
+def accepted_table(seq: SequenceTrace) -> np.ndarray:
+    """[N, J+1] accepted draft tokens at position n for draft length k (column k)."""
+    acc = seq.accepted() if seq.draft_tokens.shape[1] else np.zeros((seq.n_tokens, 0), dtype=bool)
+    return np.concatenate([np.zeros((seq.n_tokens, 1), np.int64), np.cumsum(acc, axis=1)], axis=1)
+
+
+def k_cap(trace: LookaheadTrace, seq: SequenceTrace, n: int) -> int:
+    """Longest draft the trace supports at n: k_max, and no token past the sequence's last."""
+    j = trace.meta.k_max if trace.meta.lookahead else 0
+    return max(0, min(j, seq.n_tokens - 2 - n))
+
+
+def step_routing(seq: SequenceTrace, n: int, k: int) -> np.ndarray:
+    """[k+1, L, K] routing of the verified inputs x_0..x_k (V; R[n] when there is no lookahead)."""
+    return seq.verify_ids[n, : k + 1] if seq.verify_ids.size else seq.target_ids[n: n + 1]
+
+
+def static_schedule(trace: LookaheadTrace, k: int) -> np.ndarray:
+    """need [S, L, E] of every step (prefills and cycles) of a run at static draft length k."""
+    spec = trace.meta.model
+    offsets = np.arange(spec.moe_layers)[None, :, None] * spec.experts  # [1, L, 1]
+    needs = []
+
+    def need(ids: np.ndarray) -> np.ndarray:
+        mask = np.zeros(spec.moe_layers * spec.experts, dtype=bool)
+        mask[(ids.astype(np.int64) + offsets).ravel()] = True
+        return mask.reshape(spec.moe_layers, spec.experts)
+
+    for seq in trace.sequences:
+        needs.append(need(seq.prompt_ids))
+        acc, n = accepted_table(seq), 0
+        while n < seq.n_tokens - 1:
+            kk = min(k, k_cap(trace, seq, n))
+            needs.append(need(step_routing(seq, n, kk)))
+            n += int(acc[n, kk]) + 1
+    return np.stack(needs)
+
+
+def predict_next_layer(ids: np.ndarray, accuracy: float, experts: int, rng: np.random.Generator) -> np.ndarray:
+    """A next-layer gate prediction [T, K]: each true expert kept with P = accuracy, else a random other."""
+    wrong = rng.random(ids.shape) >= accuracy
+    if not wrong.any():
+        return ids
+    shift = rng.integers(1, experts, size=ids.shape)
+    return np.where(wrong, (ids + shift) % experts, ids)
+
+
+class Decoder:
+    """The compute stream: drives the policies through every step of the trace and fills RunStats."""
+
+    def __init__(self, env: simpy.Environment, machine: Machine, policies: Policies, costs: CostModel,
+                 trace: LookaheadTrace, system: SystemSpec, rng: np.random.Generator, stats: RunStats,
+                 recorder: Recorder) -> None:
+        self.env, self.m, self.p, self.costs, self.trace = env, machine, policies, costs, trace
+        self.system, self.rng, self.stats, self.rec = system, rng, stats, recorder
+        spec = trace.meta.model
+        self.L, self.E, self.K = spec.moe_layers, spec.experts, spec.top_k
+        self._offsets = np.arange(self.L)[None, :, None] * self.E  # [1, L, 1]
+        self.gate_accuracy = policies.config.prefetch.gate_accuracy if policies.config.prefetch.kind == "gate" else None
+        self.step = 0
+        self.row_bytes = self.L * self.K * 4  # int16 ids + bf16 gate weights of one draft forward
+
+    def run(self):
+        for i, seq in enumerate(self.trace.sequences):
+            t0 = self.env.now
+            yield from self._pass(seq.prompt_ids, 0, PREFILL)
+            self.p.prefetcher.end_step(seq.n_prompt)
+            self.step += 1
+            self.stats.ttft_s.append(self.env.now - t0)
+            yield from self._decode(i, seq)
+
+    # ---- a sequence ------------------------------------------------------------------------------------
+    def _decode(self, index: int, seq: SequenceTrace):
+        m, stats, cache = self.m, self.stats, self.p.cache
+        before = cache.counters.as_dict()
+        bytes0, busy0, t0 = m.h2d_bytes, m.h2d_busy_s, self.env.now
+        acc, n = accepted_table(seq), 0
+        while n < seq.n_tokens - 1:
+            k = self.p.governor.choose(k_cap(self.trace, seq, n))
+            a = int(acc[n, k])
+            yield from self._cycle(seq, n, k, a)
+            for i in range(a + 1):
+                stats.token_rows.append((index, n + 1 + i, stats.cycles, k, a, self.env.now))
+            stats.cycles += 1
+            stats.k_sum += k
+            stats.accepted_sum += a
+            stats.tokens += a + 1
+            stats.cycle_k.append(k)
+            n += a + 1
+        stats.decode_s += self.env.now - t0
+        stats.h2d_bytes += m.h2d_bytes - bytes0
+        stats.h2d_busy_s += m.h2d_busy_s - busy0
+        stats.add_cache(before, cache.counters.as_dict())
+
+    def _cycle(self, seq: SequenceTrace, n: int, k: int, a: int):
+        p, step = self.p, self.step
+        context = seq.n_prompt + n
+        resident = p.cache.resident_mask()  # [L, E] at the cycle's start
+        if self.rec.enabled:
+            self.rec.instant(GOVERNOR, self.env.now, k=k)
+        p.elb.start(k)
+        self._issue(p.prefetcher.begin_step(step, k + 1, k))
+        for j in range(k):
+            t0 = self.env.now
+            yield self.m.compute(self.costs.draft_step_s(context + j))
+            self.stats.draft_s += self.env.now - t0
+            if self.rec.enabled:
+                self.rec.span(DRAFT, "compute", t0, self.env.now, j=j)
+            ids, weights = seq.draft_ids[n, j], seq.draft_weights[n, j]
+            self.m.d2h(self.row_bytes, lambda j=j, ids=ids, weights=weights: self._on_row(step, j, ids, weights))
+        verify_ids = step_routing(seq, n, k)
+        yield from self._pass(verify_ids, context, VERIFY)
+        p.prefetcher.end_step(a + 1)
+        p.governor.observe(k, a, verify_ids, resident)
+        self._count_new(verify_ids, resident)
+        if self.rec.enabled:
+            self.rec.instant(ACCEPT, self.env.now, k=k, accepted=a)
+        self.step += 1
+
+    def _count_new(self, verify_ids: np.ndarray, resident: np.ndarray) -> None:
+        """Experts the cycle needed that were not resident at its start: of x_0, and of all k + 1 inputs."""
+        rows = np.arange(self.L)[:, None]
+        need = np.zeros((self.L, self.E), dtype=bool)
+        need[rows, verify_ids[0]] = True
+        self.stats.new_first += int(np.count_nonzero(need & ~resident))
+        for ids in verify_ids[1:]:
+            need[rows, ids] = True
+        self.stats.new_all += int(np.count_nonzero(need & ~resident))
+
+    def _on_row(self, step: int, j: int, ids: np.ndarray, weights: np.ndarray) -> None:
+        """The host received draft forward j's routing: grow the ELB, let the scheduler prefetch."""
+        if step != self.step:
+            return  # the cycle already ended (a copy that outlived it)
+        self.p.elb.add(ids, weights)
+        self._issue(self.p.prefetcher.on_draft_row(j, ids, weights, self.m.backlog_s()))
+
+    def _issue(self, requests: list[Request]) -> None:
+        for step, layer, expert, score in requests:
+            self.m.request(step, layer, expert, score)
+
+    # ---- one forward pass (prefill or verification) -----------------------------------------------------
+    def _pass(self, ids: np.ndarray, context: int, kind: str):
+        """Run the target over T tokens with routing ids [T, L, K] after `context` cached tokens."""
+        env, p, m, step = self.env, self.p, self.m, self.step
+        t_start, tokens = env.now, ids.shape[0]
+        counts = np.bincount((ids.astype(np.int64) + self._offsets).ravel(),
+                             minlength=self.L * self.E).reshape(self.L, self.E)  # [L, E] tokens per expert
+        if kind == PREFILL:
+            self._issue(p.prefetcher.begin_step(step, tokens, 0))
+        busy0, layer_s = 0.0, self.costs.layer_s(tokens, context)
+        for layer in range(self.L):
+            m.progress = (step, layer)
+            p.cache.progress(step, layer)
+            p.elb.verify_at(layer)
+            t0 = env.now
+            yield m.compute(layer_s)
+            busy0 += env.now - t0
+            if self.rec.enabled:
+                self.rec.span(ATTENTION, "compute", t0, env.now, layer)
+            experts = np.flatnonzero(counts[layer])
+            p.cache.access(layer, experts)
+            predicted = None
+            if self.gate_accuracy is not None and layer + 1 < self.L:
+                predicted = predict_next_layer(ids[:, layer + 1], self.gate_accuracy, self.E, self.rng)
+            self._issue(p.prefetcher.on_router(layer, ids[:, layer], predicted))
+            busy0 += yield from self._experts(layer, experts, counts[layer, experts])
+            self._issue(p.prefetcher.on_layer_done(layer))
+            m.unpark()
+        t0 = env.now
+        yield m.compute(self.costs.head_s(tokens, context))
+        busy0 += env.now - t0
+        m.progress = (step, self.L)
+        if kind == VERIFY:
+            self.stats.verify_s += busy0
+            self.stats.stall_s += env.now - t_start - busy0
+        if self.rec.enabled:
+            self.rec.span(kind, "compute", t_start, env.now, tokens=tokens)
+
+    def _experts(self, layer: int, experts: np.ndarray, tokens: np.ndarray):
+        """Compute a layer's experts [n] (tokens [n] each): resident ones first, the rest as they land.
+
+        The misses go to the copy engine as one demand batch; once it has started them their landing
+        times are known, and the expert kernels are folded over the landings in one timeout:
+        t_i = max(t_{i-1}, avail_i) + c_i in order of availability, i.e.
+        end = max(t0 + sum c, max_i (avail_i + sum_{j >= i} c_j)). Returns the compute seconds.
+        """
+        env, cache, m = self.env, self.p.cache, self.m
+        flat = layer * self.E + experts
+        cache.hold(flat)
+        cost = self.costs.expert_s(tokens)  # [n] seconds per expert
+        missing = cache.state[flat] == ABSENT
+        batch = None
+        if missing.any():
+            order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first
+            ids = [WHOLE_LAYER] if self.system.transfer == "layer" else experts[missing][order].tolist()
+            batch = m.demand(self.step, layer, ids)
+        pending = np.ones(flat.size, dtype=bool)
+        t, busy, first = env.now, 0.0, True
+        while pending.any():
+            state = cache.state[flat]
+            if batch is not None and (first or not (pending & (state != ABSENT)).any()):
+                yield batch.ready  # the engine has started (some of) the misses: landing times known
+                state = cache.state[flat]
+            first = False
+            avail = pending & (state != ABSENT)
+            if not avail.any():
+                continue
+            land = np.where(state[avail] == RESIDENT, t, np.maximum(t, m.land_at[flat[avail]]))  # [a]
+            order = np.argsort(land, kind="stable")
+            land, c = land[order], cost[avail][order] * (m.compute_s(1.0))  # [a], [a]
+            end = max(t + c.sum(), float((land + np.cumsum(c[::-1])[::-1]).max()))
+            if end > env.now:
+                yield env.timeout(end - env.now)
+            busy += float(c.sum())
+            if self.rec.enabled:
+                self._record_fold(layer, experts[avail][order], land, c, t)
+            cache.release(flat[avail])
+            m.notify_release()
+            pending &= ~avail
+            t = end
+        return busy
+
+    def _record_fold(self, layer: int, experts: np.ndarray, land: np.ndarray, cost: np.ndarray, t: float) -> None:
+        for e, a, c in zip(experts.tolist(), land.tolist(), cost.tolist(), strict=True):
+            if a > t:
+                self.rec.span(STALL, "compute", t, a, layer, e)
+                t = a
+            self.rec.span(EXPERT_COMPUTE, "compute", t, t + c, layer, e)
+            t += c

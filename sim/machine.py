@@ -1,0 +1,288 @@
+"""The machine in SimPy: a PCIe link with its copy engines, and one GPU compute stream.
+
+  H2D engine   a process that takes work from a host-side priority queue. Key, field by field:
+               (class: -1 D2H (one engine) / 0 demand / 1 prefetch, step, layer, -score, insertion order).
+               A demand entry is a whole layer's misses (`demand`): they are claimed and copied back to
+               back at once, which is exact because nothing can come before demand copies of the running
+               layer; each copy's landing time goes to `land_at`, so the compute stream can fold its
+               expert kernels over the landings without an event per copy. A prefetch is one copy. A copy's time
+               is HardwareProfile.h2d_time_s (size-dependent bandwidth, per-copy latency, pinned or
+               pageable); the part of a copy that overlaps a D2H transfer known when it starts moves at
+               `h2d_during_d2h_gbps`. The slot is claimed from the cache when the copy *starts*, so
+               victims are chosen with the freshest knowledge. A prefetch whose step and layer have passed
+               is dropped; a prefetch the cache refuses (or cannot place) parks the whole prefetch queue
+               until `unpark()` (after a layer finishes, which is when evictable experts appear), which
+               retries them best first until the next refusal; a demand copy with no evictable slot
+               waits for `notify_release()`.
+  D2H engine   FIFO copies device to host (the draft's routing ids). With one copy engine both directions
+               share the H2D engine's queue, at demand priority.
+  compute      the decode process itself is the stream: `compute(seconds)` is a timeout. A kernel that
+               starts while an H2D copy runs is stretched by (1 - copy_compute_overlap) of its length.
+
+Same-time events follow SimPy's (time, priority, insertion) order, so runs are deterministic.
+
+Usage:
+    machine = Machine(env, hw, cache, expert_bytes, recorder); env.process(...)
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from moespeq.events import D2H_COPY, EVICT, H2D_COPY, PREFETCH_ISSUE, Recorder
+from moespeq.hardware import HardwareProfile
+from moespeq.policy.cache import ABSENT, OK, ExpertCache
+
+DEMAND, PREFETCH, D2H = 0, 1, -1
+WHOLE_LAYER = -1  # expert id of a copy that moves every expert of a layer at once (hf-offload)
+
+
+class DemandBatch:
+    """A running layer's misses. `ready` fires each time the engine has started some of them; `experts`
+    then holds the ones still waiting for a slot (empty when all are on their way)."""
+
+    def __init__(self, layer: int, experts: list[int], ready: simpy.Event) -> None:
+        self.layer, self.experts, self.ready = layer, experts, ready
+
+    def announce(self, env: simpy.Environment) -> None:
+        done, self.ready = self.ready, env.event()
+        done.succeed()
+
+
+class Machine:
+    def __init__(self, env: simpy.Environment, hw: HardwareProfile, cache: ExpertCache, expert_bytes: int,
+                 recorder: Recorder, pinned: bool = True) -> None:
+        self.env, self.hw, self.cache, self.rec = env, hw, cache, recorder
+        self.E, self.expert_bytes, self.pinned = cache.E, expert_bytes, pinned
+        self.copy_s = hw.h2d_time_s(expert_bytes, pinned)
+        self.layer_copy_s = hw.h2d_time_s(expert_bytes * cache.E, pinned)
+        self.progress = (0, -1)  # (step, layer) the compute stream is at; set by the decoder
+        self._heap: list[tuple] = []
+        self._parked: list[tuple] = []  # a heap of prefetches the cache refused, retried after unpark()
+        self._retry = False
+        self._queued = np.zeros(cache.L * cache.E, dtype=bool)
+        self._seq = 0
+        self._wake: simpy.Event | None = None
+        self._slot_wait: simpy.Event | None = None
+        self.land_at = np.zeros(cache.L * cache.E)  # landing time of each expert's latest copy
+        self.d2h_window = (0.0, 0.0)  # [start, end) of the latest D2H data transfer
+        self.busy_until = 0.0  # when the H2D engine's current copies end
+        self.h2d_busy_s = 0.0
+        self.h2d_bytes = 0
+        self.d2h_bytes = 0
+        self.copies = 0
+        self._d2h_queue: list[tuple[int, Callable[[], None]]] = []
+        self._d2h_wake: simpy.Event | None = None
+        env.process(self._h2d())
+        if hw.copy_engines >= 2:
+            env.process(self._d2h())
+
+    # ---- requests ---------------------------------------------------------------------------------------
+    def request(self, step: int, layer: int, expert: int, score: float) -> None:
+        """Queue a prefetch copy of (layer, expert); duplicates of queued prefetches are ignored."""
+        flat = layer * self.E + expert
+        if self._queued[flat]:
+            return
+        self._queued[flat] = True
+        if self.rec.enabled:
+            self.rec.instant(PREFETCH_ISSUE, self.env.now, layer, expert, step=step)
+        self._push((PREFETCH, step, layer, -score, expert))
+
+    def demand(self, step: int, layer: int, experts: list[int]) -> DemandBatch:
+        """Queue the misses of a running layer (WHOLE_LAYER: the whole layer in one copy, hf-offload)."""
+        batch = DemandBatch(layer, experts, self.env.event())
+        self._push((DEMAND, step, layer, 0.0, batch))
+        return batch
+
+    def _push(self, entry: tuple) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (*entry[:4], self._seq, entry[4]))
+        self._kick()
+
+    def d2h(self, n_bytes: int, done: Callable[[], None]) -> None:
+        """Copy n_bytes to the host, then call `done` (the host now has the data)."""
+        if self.hw.copy_engines >= 2:
+            self._d2h_queue.append((n_bytes, done))
+            if self._d2h_wake is not None and not self._d2h_wake.triggered:
+                self._d2h_wake.succeed()
+        else:
+            self._push((D2H, 0, 0, 0.0, (n_bytes, done)))
+
+    def unpark(self) -> None:
+        """Give parked prefetches another try, best first (the cache may have evictable experts now)."""
+        if self._parked:
+            self._retry = True
+            self._kick()
+
+    def notify_release(self) -> None:
+        if self._slot_wait is not None and not self._slot_wait.triggered:
+            self._slot_wait.succeed()
+
+    def backlog_s(self) -> float:
+        """Time to drain the H2D queue as it stands (expert copies only)."""
+        return len(self._heap) * self.copy_s + max(0.0, self.busy_until - self.env.now)
+
+    def _kick(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    # ---- the H2D engine -----------------------------------------------------------------------------------
+    def _stale(self, step: int, layer: int) -> bool:
+        now_step, now_layer = self.progress
+        return step < now_step or (step == now_step and layer < now_layer)
+
+    def _h2d(self):
+        env = self.env
+        while True:
+            retry = self._retry and bool(self._parked)
+            if not self._heap and not retry:
+                self._wake = env.event()
+                yield self._wake
+                continue
+            from_parked = retry and (not self._heap or self._parked[0] < self._heap[0])
+            entry = heapq.heappop(self._parked if from_parked else self._heap)
+            cls, step, layer, _, _, payload = entry
+            if cls == PREFETCH:
+                flat = layer * self.E + payload
+                if self.cache.state[flat] != ABSENT or self._stale(step, layer):
+                    self._queued[flat] = False  # landed meanwhile, or its layer has passed: drop it
+                    continue
+                yield from self._prefetch(entry, flat)
+            elif cls == DEMAND:
+                yield from self._demand(entry)
+            else:
+                yield from self._d2h_copy(*payload)
+
+    def _prefetch(self, entry: tuple, flat: int):
+        status, victim = self.cache.reserve(flat, demand=False)
+        if status != OK:  # later prefetches would be refused for the same reason: park them all
+            heapq.heappush(self._parked, entry)
+            if any(e[0] == PREFETCH for e in self._heap):
+                for e in self._heap:
+                    if e[0] == PREFETCH:
+                        heapq.heappush(self._parked, e)
+                self._heap = [e for e in self._heap if e[0] != PREFETCH]
+                heapq.heapify(self._heap)
+            self._retry = False
+            return
+        self._queued[flat] = False
+        end = self._start(flat, victim, self.env.now, "prefetch")
+        yield self.env.timeout(end - self.env.now)
+        self.cache.landed(flat)
+
+    def _demand(self, entry: tuple):
+        """Claim slots for as many of the batch's misses as fit, copy them back to back, fire batch.ready."""
+        batch: DemandBatch = entry[5]
+        if batch.experts == [WHOLE_LAYER]:
+            yield from self._layer_copy(batch)
+            return
+        cache, t = self.cache, self.env.now
+        flats = np.array([batch.layer * self.E + e for e in batch.experts], dtype=np.int64)
+        flats = flats[cache.state[flats] == ABSENT]
+        granted, victims = cache.reserve_many(flats) if flats.size else (0, [])
+        if victims and self.rec.enabled:
+            for victim in victims:
+                self.rec.instant(EVICT, t, victim // self.E, victim % self.E)
+        started = flats[:granted]
+        if granted and (self.rec.enabled or t < self.d2h_window[1]):
+            for flat in started.tolist():
+                t = self._start(flat, -1, t, "demand")
+        elif granted:  # back to back at full rate: one vectorized account
+            self.land_at[started] = t + self.copy_s * np.arange(1, granted + 1)
+            t += granted * self.copy_s
+            self._account(self.env.now, t, self.expert_bytes * granted, batch.layer, -1, "demand", granted)
+        waiting = (flats[granted:] - batch.layer * self.E).tolist()
+        batch.experts = waiting
+        batch.announce(self.env)
+        if waiting:  # no evictable slot: retry after the compute stream releases one
+            heapq.heappush(self._heap, entry)
+            self._slot_wait = self.env.event()
+        if granted:
+            yield self.env.timeout(t - self.env.now)
+            cache.landed(started)
+        if waiting and self._slot_wait is not None and not self._slot_wait.triggered:
+            yield self._slot_wait
+
+    def _layer_copy(self, batch: DemandBatch):
+        """hf-offload: the whole layer in one copy, into slots freed for it."""
+        lo = batch.layer * self.E
+        flats = np.flatnonzero(self.cache.state[lo:lo + self.E] == ABSENT) + lo
+        waiting = flats
+        while waiting.size:
+            granted, victims = self.cache.reserve_many(waiting)
+            if self.rec.enabled:
+                for victim in victims:
+                    self.rec.instant(EVICT, self.env.now, victim // self.E, victim % self.E)
+            waiting = waiting[granted:]
+            if waiting.size:
+                self._slot_wait = self.env.event()
+                yield self._slot_wait
+        end = self.env.now + self._duration(self.layer_copy_s, self.expert_bytes * len(flats), self.env.now)
+        self._account(self.env.now, end, self.expert_bytes * len(flats), batch.layer, WHOLE_LAYER, "demand")
+        self.land_at[flats] = end
+        batch.experts = []
+        batch.announce(self.env)
+        yield self.env.timeout(end - self.env.now)
+        self.cache.landed(flats)
+
+    def _start(self, flat: int, victim: int, t0: float, kind: str) -> float:
+        """Account one expert copy starting at t0 (after an eviction); returns its landing time."""
+        if victim >= 0 and self.rec.enabled:
+            self.rec.instant(EVICT, t0, victim // self.E, victim % self.E)
+        end = t0 + self._duration(self.copy_s, self.expert_bytes, t0)
+        self.land_at[flat] = end
+        self._account(t0, end, self.expert_bytes, flat // self.E, flat % self.E, kind)
+        return end
+
+    def _duration(self, base_s: float, n_bytes: int, t0: float) -> float:
+        overlap = min(t0 + base_s, self.d2h_window[1]) - max(t0, self.d2h_window[0])
+        if overlap <= 0:
+            return base_s
+        fast = n_bytes / base_s  # the part overlapping a D2H transfer runs at the reduced rate
+        slow = min(fast, self.hw.h2d_during_d2h_gbps * 1e9)
+        return base_s + overlap * (fast / slow - 1.0)
+
+    def _account(self, t0: float, end: float, n_bytes: int, layer: int, expert: int, kind: str,
+                 copies: int = 1) -> None:
+        self.busy_until = end
+        self.h2d_busy_s += end - t0
+        self.h2d_bytes += n_bytes
+        self.copies += copies
+        if self.rec.enabled:
+            self.rec.span(H2D_COPY, "h2d", t0, end, layer, expert, bytes=n_bytes, kind=kind)
+
+    # ---- the D2H engine -----------------------------------------------------------------------------------
+    def _d2h_copy(self, n_bytes: int, done: Callable[[], None]):
+        t0 = self.env.now
+        table = self.hw.d2h_pinned
+        transfer = n_bytes / (table.at(n_bytes) * 1e9)
+        latency = self.hw.copy_latency_s if n_bytes < table.size_bytes[0] else 0.0
+        self.d2h_window = (t0 + latency, t0 + latency + transfer)
+        yield self.env.timeout(latency + transfer)
+        self.d2h_bytes += n_bytes
+        if self.rec.enabled:
+            self.rec.span(D2H_COPY, "d2h", t0, self.env.now, bytes=n_bytes)
+        done()
+
+    def _d2h(self):
+        while True:
+            if not self._d2h_queue:
+                self._d2h_wake = self.env.event()
+                yield self._d2h_wake
+                continue
+            n_bytes, done = self._d2h_queue.pop(0)
+            yield from self._d2h_copy(n_bytes, done)
+
+    # ---- compute ------------------------------------------------------------------------------------------
+    def compute_s(self, seconds: float) -> float:
+        """A kernel's time, stretched when it starts while an H2D copy runs and copies are not fully hidden."""
+        if self.hw.copy_compute_overlap < 1.0 and self.busy_until > self.env.now:
+            return seconds * (2.0 - self.hw.copy_compute_overlap)
+        return seconds
+
+    def compute(self, seconds: float) -> simpy.Timeout:
+        return self.env.timeout(self.compute_s(seconds))

@@ -1,0 +1,130 @@
+"""Invariants of the simulator that any honest model of the machine must satisfy (issue 3)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from moespeq.budget import BudgetConfig, plan_memory
+from moespeq.hardware import BandwidthTable, get_hardware
+from moespeq.sim.costs import CostModel
+from moespeq.sim.cycle import accepted_table, k_cap, step_routing
+from moespeq.sim.run import SimConfig, simulate
+from moespeq.sim.systems import SYSTEMS, get_system
+from moespeq.spec import get_model
+from moespeq.traces.synth import SynthConfig, synthesize
+
+PHI = get_model("phi-3.5-moe")
+A100 = get_hardware("a100-40g-pcie4")
+GIB = 2**30
+CACHED = ("lru-sc", "lru-sm", "gate-prefetch", "eam-prefetch", "speq", "speq-static", "oracle")
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return synthesize(SynthConfig(model=PHI, seqs=1, tokens=48, prompt_len=16, k_max=4, seed=1))
+
+
+def _sim(trace, system, budget=36 * GIB, hardware=A100, **kw):
+    return simulate(trace, SimConfig(system=system, budget_bytes=budget, hardware=hardware, **kw))
+
+
+def compute_bound_s(trace, costs, cycle_k):
+    """Seconds of draft and verify compute of the given cycles with every expert resident."""
+    total, cycles = 0.0, iter(cycle_k)
+    offsets = np.arange(PHI.moe_layers)[None, :, None] * PHI.experts
+    for seq in trace.sequences:
+        acc, n = accepted_table(seq), 0
+        while n < seq.n_tokens - 1:
+            k = next(cycles)
+            assert k <= k_cap(trace, seq, n)
+            ctx = seq.n_prompt + n
+            counts = np.bincount((step_routing(seq, n, k).astype(np.int64) + offsets).ravel(),
+                                 minlength=PHI.moe_layers * PHI.experts).reshape(PHI.moe_layers, PHI.experts)
+            total += sum(costs.draft_step_s(ctx + j) for j in range(k)) + costs.forward_s(counts, ctx)
+            n += int(acc[n, k]) + 1
+    return total
+
+
+def test_oracle_is_a_lower_bound(trace):
+    oracle = _sim(trace, "oracle").metrics["tpot_ms"]
+    for name in SYSTEMS:
+        assert oracle <= _sim(trace, name).metrics["tpot_ms"] + 1e-9, name
+
+
+@pytest.mark.parametrize("system", CACHED)
+def test_a_cache_holding_every_expert_reaches_the_compute_bound(trace, system):
+    h200 = get_hardware("h200-pcie5")
+    result = _sim(trace, system, budget=130 * GIB, hardware=h200, warm_start=True)
+    m = result.metrics
+    assert abs(m["stall_ms_per_token"]) < 1e-9 and m["pcie_gb"] == 0.0 and m["hit_rate"] == 1.0
+    # speculation is the only thing left to gain: the time is exactly the cycles' draft + verify compute
+    bound = compute_bound_s(trace, CostModel(PHI, h200), result.stats.cycle_k) / m["tokens"]
+    assert m["tpot_ms"] == pytest.approx(bound * 1e3, rel=1e-9)
+    if not get_system(system).speculative and system != "oracle":
+        assert m["mean_k"] == 0.0
+
+
+def test_unbounded_pcie_makes_hf_offload_equal_all_on_gpu(trace):
+    fast = BandwidthTable((1,), (1e12,))
+    hw = dataclasses.replace(A100, name="unbounded", h2d_pinned=fast, h2d_pageable=fast, d2h_pinned=fast,
+                             h2d_during_d2h_gbps=1e12, copy_latency_s=0.0)
+    m = _sim(trace, "hf-offload", hardware=hw).metrics
+    bound = compute_bound_s(trace, CostModel(PHI, hw), [0] * m["cycles"]) / m["tokens"]
+    assert m["tpot_ms"] == pytest.approx(bound * 1e3, rel=1e-6)
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_bytes_moved_are_loads_times_expert_bytes(trace, system):
+    r = _sim(trace, system)
+    loads = r.counters["loads_demand"] + r.counters["loads_prefetch"]
+    assert loads > 0 and r.h2d_bytes == loads * PHI.expert_bytes_bf16
+    assert r.metrics["tpot_ms"] == pytest.approx(
+        r.metrics["draft_ms_per_token"] + r.metrics["verify_ms_per_token"] + r.metrics["stall_ms_per_token"])
+
+
+@pytest.mark.parametrize("system", ["gate-prefetch", "speq"])
+def test_same_seed_same_output(trace, system):
+    a, b = _sim(trace, system, seed=7), _sim(trace, system, seed=7)
+    assert a.metrics == b.metrics and a.stats.token_rows == b.stats.token_rows
+
+
+def test_another_seed_changes_random_gate_predictions(trace):
+    assert _sim(trace, "gate-prefetch", seed=1).metrics != _sim(trace, "gate-prefetch", seed=2).metrics
+
+
+def test_governor_turns_speculation_off_when_drafts_are_rejected():
+    bad = synthesize(SynthConfig(model=PHI, seqs=1, tokens=96, prompt_len=16, k_max=4, acceptance=0.02, seed=3))
+    ks = _sim(bad, "speq").stats.cycle_k
+    warmup = get_system("speq").governor.warmup
+    assert ks[:warmup] == [4] * warmup
+    after = ks[warmup:]
+    assert after.count(0) >= 0.8 * len(after), after
+
+
+# Tolerance of the roofline model (Theta(k) from the measured acceptance and new-expert counts) against
+# the simulated throughput at static k. The model counts each new expert once and adds its copy to the
+# compute (paper Eq. 3); the simulation overlaps copies with verification but also reloads experts evicted
+# within a cycle and pays for wrong prefetches. Measured: the model is 2.5-4.2 % optimistic for k = 0..8 on
+# the demo trace and on this one.
+ROOFLINE_TOLERANCE = 0.08
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 4])
+def test_roofline_theta_matches_simulated_throughput(trace, k):
+    from moespeq.policy.roofline import t_cycle
+
+    policy = get_system("speq-static").policy(PHI.name).replace(governor={"k": k})
+    r = _sim(trace, "speq-static", policy=policy)
+    m, stats = r.metrics, r.stats
+    costs = CostModel(PHI, A100)
+    perf = costs.perf_model(trace.sequences[0].n_prompt + 24, 4, A100.h2d_time_s(PHI.expert_bytes_bf16))
+    n_first, n_all = stats.new_first / stats.cycles, stats.new_all / stats.cycles
+    new = [n_first] + [n_all] * k  # N_new(1) and N_new(k + 1) are what T_cycle(k) reads
+    predicted = (m["accepted_per_cycle"] + 1) / t_cycle(perf, k, new)  # Theta(k) at the measured acceptance
+    assert m["tokens_per_s"] == pytest.approx(predicted, rel=ROOFLINE_TOLERANCE)
+
+
+def test_budget_layout_feeds_slots(trace):
+    r = _sim(trace, "lru-sm", budget=30 * GIB)
+    assert r.metrics["memory"] == plan_memory(BudgetConfig(model=PHI, budget_bytes=30 * GIB, system="lru-sm")).to_dict()
