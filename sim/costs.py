@@ -12,13 +12,18 @@ per kernel (`HardwareProfile.launch_overhead_s`). Decoding is memory-bound, so t
   draft_step_s(C)   one INT4 draft forward of one token: all layers' non-expert work plus, per layer, the
                     top-K INT4 experts in one fused kernel (they are all GPU-resident), plus the head.
 
-Measured: `HardwareProfile.kernel_tables[<model name>]` may hold any of
-    {"attention_layer": {"context": [...], "seconds": [...]},   # layer_s(1, C)
-     "expert":          {"tokens":  [...], "seconds": [...]},   # expert_s(t)
-     "draft_step":      {"context": [...], "seconds": [...]}}   # draft_step_s(C)
-(written by `moespeq calibrate`); each replaces its analytic part, interpolated linearly and extended
-linearly past the last point. For T > 1 tokens, layer_s uses the one-token time at context C + T (decode
-attention is memory-bound: T more tokens of KV, weights read once). The log says which tables are used.
+Measured: `HardwareProfile.kernel_tables`, as `moespeq calibrate` writes it (runtime/calibrate.py):
+  "moe_bf16_layer_s": {MODEL: GRID}   one bf16 verify MoE layer (its experts cached): replaces the sum of
+                                      expert_s over a layer; split over the layer's experts in proportion to
+                                      their analytic times, so that cached experts can still go first
+  "moe_int4_layer_s": {MODEL: GRID}   one fused INT4 draft MoE layer (T = 1, n = K): the draft's MoE part
+  "attention_layer_s": {MODEL: {"context": [...], "time_s": [...]}}   layer_s(1, C), if measured
+  GRID = {"hidden", "moe_ffn", "experts", "top_k", "tokens": [T...], "distinct_experts": [n...],
+          "time_s": [[seconds or null per n] per T]}, interpolated linearly in n, then in T, and extended
+          linearly past the last point; its geometry must match the model.
+For T > 1 tokens, a measured layer_s uses the one-token time at context C + T (decode attention is
+memory-bound: T more tokens of KV, the weights read once). "expert_h2d_s" is not needed: copy times come
+from the bandwidth tables. The log says which tables are used.
 
 Dimension letters: L MoE layers, E experts, K top-k, D hidden, F expert FFN, T tokens, C context.
 
@@ -46,38 +51,59 @@ HEAD_LAUNCHES = 2  # final norm, LM head
 MAX_TABLE_TOKENS = 4096  # expert_s is tabulated for 1..this many tokens
 
 
-class _Table:
-    """y(x) by linear interpolation, extended linearly beyond the measured points."""
-
-    def __init__(self, x: list[float], y: list[float], where: str) -> None:
-        if len(x) != len(y) or not x or list(x) != sorted(x) or min(y) <= 0:
-            raise UserError(f"{where}: a kernel table needs increasing x and as many positive seconds")
-        self.x, self.y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-
-    def at(self, x: np.ndarray | float) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        out = np.interp(x, self.x, self.y)
-        if self.x.size > 1:
-            slope = (self.y[-1] - self.y[-2]) / (self.x[-1] - self.x[-2])
-            out = np.where(x > self.x[-1], self.y[-1] + (x - self.x[-1]) * slope, out)
-        return out
+def _line(x: np.ndarray, y: np.ndarray, at: float) -> float:
+    """y(at), linear through the points, extended linearly beyond them."""
+    if x.size == 1:
+        return float(y[0])
+    i = int(np.clip(np.searchsorted(x, at) - 1, 0, x.size - 2))
+    return float(y[i] + (at - x[i]) * (y[i + 1] - y[i]) / (x[i + 1] - x[i]))
 
 
-def _tables(hw: HardwareProfile, model: str) -> dict[str, _Table]:
-    raw: dict[str, Any] = hw.kernel_tables.get(model, {})
-    axes = {"attention_layer": "context", "expert": "tokens", "draft_step": "context"}
-    unknown = sorted(set(raw) - set(axes))
-    if unknown:
-        raise UserError(f"hardware {hw.name}: kernel_tables[{model!r}] has unknown entries {unknown}; "
-                        f"known: {sorted(axes)}")
-    out = {}
-    for name, axis in axes.items():
-        if name in raw:
-            try:
-                out[name] = _Table(raw[name][axis], raw[name]["seconds"], f"hardware {hw.name} {model}/{name}")
-            except (KeyError, TypeError):
-                raise UserError(f"hardware {hw.name}: kernel_tables[{model!r}][{name!r}] needs "
-                                f"'{axis}' and 'seconds' lists") from None
+class _Grid:
+    """time_s over (tokens, distinct experts) with nulls where no routing exists (see the module docstring)."""
+
+    def __init__(self, table: dict[str, Any], spec: ModelSpec, where: str) -> None:
+        try:
+            geometry = tuple(table[k] for k in ("hidden", "moe_ffn", "experts", "top_k"))
+            self.tokens = np.asarray(table["tokens"], dtype=np.float64)
+            counts = np.asarray(table["distinct_experts"], dtype=np.float64)
+            rows = [[np.nan if v is None else float(v) for v in row] for row in table["time_s"]]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: a kernel grid needs hidden, moe_ffn, experts, top_k, tokens, "
+                            "distinct_experts and time_s; rerun `moespeq calibrate`") from None
+        if geometry != (spec.hidden, spec.moe_ffn, spec.experts, spec.top_k):
+            raise UserError(f"{where}: measured for hidden/moe_ffn/experts/top_k {geometry}, but {spec.name} has "
+                            f"{(spec.hidden, spec.moe_ffn, spec.experts, spec.top_k)}; calibrate for this model")
+        grid = np.asarray(rows, dtype=np.float64)  # [T, n]
+        if grid.shape != (self.tokens.size, counts.size) or np.any(np.diff(self.tokens) <= 0):
+            raise UserError(f"{where}: time_s must be one row per token count (increasing), one value per count")
+        self.rows = [(counts[np.isfinite(r)], r[np.isfinite(r)]) for r in grid]
+        if any(x.size == 0 for x, _ in self.rows):
+            raise UserError(f"{where}: every token count needs at least one measured time")
+
+    def at(self, tokens: float, distinct: float) -> float:
+        per_row = np.array([_line(x, y, distinct) for x, y in self.rows])
+        return max(_line(self.tokens, per_row, tokens), 0.0)
+
+
+def _tables(hw: HardwareProfile, spec: ModelSpec) -> dict[str, Any]:
+    model, raw = spec.name, hw.kernel_tables
+    out: dict[str, Any] = {}
+    for key in ("moe_bf16_layer_s", "moe_int4_layer_s"):
+        if model in raw.get(key, {}):
+            out[key] = _Grid(raw[key][model], spec, f"hardware {hw.name} kernel_tables[{key!r}][{model!r}]")
+    if model in raw.get("attention_layer_s", {}):
+        table = raw["attention_layer_s"][model]
+        try:
+            x = np.asarray(table["context"], dtype=np.float64)
+            y = np.asarray(table["time_s"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"hardware {hw.name}: kernel_tables['attention_layer_s'][{model!r}] needs "
+                            "'context' and 'time_s' lists") from None
+        if x.size != y.size or x.size == 0 or np.any(np.diff(x) <= 0) or np.any(y <= 0):
+            raise UserError(f"hardware {hw.name}: attention_layer_s for {model} needs increasing contexts "
+                            "and as many positive times")
+        out["attention_layer_s"] = (x, y)
     if out:
         log.info("cost model for %s on %s: measured %s, analytic for the rest", model, hw.name, sorted(out))
     else:
@@ -93,7 +119,7 @@ class CostModel:
         self.quant = quant or QuantSpec()
         self._bw = hw.hbm_gbps * 1e9  # bytes/s
         self._flops = hw.bf16_tflops * 1e12  # FLOP/s
-        self._tables = _tables(hw, spec.name)
+        self._tables = _tables(hw, spec)
         d, s = spec.hidden, spec
         embed = s.vocab * d * (1 if s.tie_embeddings else 2) + (s.vocab if s.lm_head_bias else 0)
         norm = d * (2 if s.norm == "layer" else 1)
@@ -103,39 +129,36 @@ class CostModel:
         self.kv_bytes_layer = s.kv_bytes_per_token / s.layers
         self.head_params = s.vocab * d + norm
         tokens = np.arange(MAX_TABLE_TOKENS + 1)
-        self._expert = self._expert_s(tokens)  # [MAX_TABLE_TOKENS + 1]
-        self._expert[0] = 0.0
+        self._expert = self._kernel_s(float(s.expert_bytes_bf16), 2.0 * s.expert_params * tokens, EXPERT_LAUNCHES)
+        self._expert[0] = 0.0  # [MAX_TABLE_TOKENS + 1] analytic seconds of one expert over t tokens
 
     def _kernel_s(self, bytes_: float | np.ndarray, flops: float | np.ndarray, launches: int) -> Any:
         return np.maximum(bytes_ / self._bw, flops / self._flops) + launches * self.hw.launch_overhead_s
 
     # ---- pieces ---------------------------------------------------------------------------------------
-    def _attention_s(self, tokens: int, context: int) -> float:
+    def layer_s(self, tokens: int, context: int) -> float:
+        """One MoE layer's non-expert work for `tokens` new tokens after `context` cached ones."""
         s = self.spec
-        if "attention_layer" in self._tables:
-            return float(self._tables["attention_layer"].at(context + tokens))
+        if "attention_layer_s" in self._tables:
+            x, y = self._tables["attention_layer_s"]
+            return _line(x, y, context + tokens)
         weights = (self.attn_params + s.router_params + s.shared_params) * BF16_BYTES
         kv = (context + tokens) * self.kv_bytes_layer
         flops = 2 * (self.attn_params + s.router_params + s.shared_params) * tokens \
             + 4 * s.heads * s.head_dim * tokens * (context + tokens)
         return float(self._kernel_s(weights + kv, flops, LAYER_LAUNCHES))
 
-    def _expert_s(self, tokens: np.ndarray) -> np.ndarray:
-        if "expert" in self._tables:
-            return self._tables["expert"].at(tokens)
-        return self._kernel_s(float(self.spec.expert_bytes_bf16), 2.0 * self.spec.expert_params * tokens,
-                              EXPERT_LAUNCHES)
-
-    def layer_s(self, tokens: int, context: int) -> float:
-        """One MoE layer's non-expert work for `tokens` new tokens after `context` cached ones."""
-        return self._attention_s(tokens, context)
-
-    def expert_s(self, tokens: np.ndarray | int) -> Any:
-        """One bf16 routed expert over `tokens` tokens (vectorized)."""
-        t = np.asarray(tokens)
-        if t.size and t.max() > MAX_TABLE_TOKENS:
-            return self._expert_s(t)
-        return self._expert[t]
+    def experts_s(self, tokens: np.ndarray) -> np.ndarray:
+        """[n] seconds of each of one layer's n experts, tokens [n] routed to each (grouped by expert)."""
+        t = np.asarray(tokens, dtype=np.int64)
+        analytic = self._expert[t] if t.max(initial=0) <= MAX_TABLE_TOKENS else \
+            self._kernel_s(float(self.spec.expert_bytes_bf16), 2.0 * self.spec.expert_params * t, EXPERT_LAUNCHES)
+        grid = self._tables.get("moe_bf16_layer_s")
+        if grid is None or t.size == 0:
+            return analytic
+        layer = grid.at(t.sum() / self.spec.top_k, t.size)
+        total = float(analytic.sum())
+        return analytic * (layer / total) if total > 0 else np.full(t.size, layer / t.size)
 
     def head_s(self, tokens: int, context: int) -> float:
         """LM head and final norm, plus the dense layers (their attention and MLP) for `tokens` tokens."""
@@ -143,22 +166,23 @@ class CostModel:
         head = self._kernel_s(self.head_params * BF16_BYTES, 2.0 * self.head_params * tokens, HEAD_LAUNCHES)
         dense_mlp = self._kernel_s(3 * s.hidden * s.dense_ffn * BF16_BYTES, 6.0 * s.hidden * s.dense_ffn * tokens,
                                    EXPERT_LAUNCHES)
-        return float(head + s.first_dense * (dense_mlp + self._attention_s(tokens, context)))
+        return float(head + s.first_dense * (dense_mlp + self.layer_s(tokens, context)))
 
     def draft_step_s(self, context: int) -> float:
         """One INT4 draft forward of one token after `context` cached tokens."""
-        if "draft_step" in self._tables:
-            return float(self._tables["draft_step"].at(context))
         s = self.spec
-        int4 = s.top_k * s.expert_bytes_int4(self.quant)
-        fused = float(self._kernel_s(int4, 2.0 * s.top_k * s.expert_params, 1))  # one fused MoE kernel per layer
-        return s.moe_layers * (self._attention_s(1, context) + fused) + self.head_s(1, context)
+        grid = self._tables.get("moe_int4_layer_s")
+        if grid is not None:
+            fused = grid.at(1, s.top_k)
+        else:  # one fused MoE kernel per layer over the top-K INT4 experts, all GPU-resident
+            fused = float(self._kernel_s(s.top_k * s.expert_bytes_int4(self.quant), 2.0 * s.top_k * s.expert_params, 1))
+        return s.moe_layers * (self.layer_s(1, context) + fused) + self.head_s(1, context)
 
-    # ---- the governor's view ----------------------------------------------------------------------------
+    # ---- whole passes ---------------------------------------------------------------------------------
     def forward_s(self, counts: np.ndarray, context: int) -> float:
         """A whole target forward with every expert resident: counts [L, E] tokens per expert."""
         tokens = int(counts[0].sum()) // self.spec.top_k
-        experts = float(self.expert_s(counts[counts > 0]).sum())
+        experts = sum(float(self.experts_s(row[row > 0]).sum()) for row in counts)
         return self.spec.moe_layers * self.layer_s(tokens, context) + experts + self.head_s(tokens, context)
 
     def perf_model(self, context: int, k_max: int, copy_s: float) -> PerfModel:
@@ -167,9 +191,10 @@ class CostModel:
         s = self.spec
         layer = []
         for t in range(1, k_max + 2):
-            distinct = s.experts * (1.0 - (1.0 - s.top_k / s.experts) ** t)
-            per_expert = max(1, round(t * s.top_k / distinct))
-            layer.append(self.layer_s(t, context) + distinct * float(self.expert_s(per_expert)))
+            distinct = max(1, round(s.experts * (1.0 - (1.0 - s.top_k / s.experts) ** t)))
+            share = np.full(distinct, t * s.top_k // distinct)
+            share[: t * s.top_k - int(share.sum())] += 1  # [distinct] tokens per expert, T*K in all
+            layer.append(self.layer_s(t, context) + float(self.experts_s(share).sum()))
         verify = tuple(s.moe_layers * x + self.head_s(t, context) for t, x in enumerate(layer, start=1))
         return PerfModel(draft_base_s=0.0, draft_token_s=self.draft_step_s(context), verify_s=verify,
                          copy_s=copy_s, expert_bytes=s.expert_bytes_bf16, verify_layer_s=tuple(layer))

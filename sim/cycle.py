@@ -236,7 +236,7 @@ class Decoder:
         env, cache, m = self.env, self.p.cache, self.m
         flat = layer * self.E + experts
         cache.hold(flat)
-        cost = self.costs.expert_s(tokens)  # [n] seconds per expert
+        cost = self.costs.experts_s(tokens)  # [n] seconds per expert
         missing = cache.state[flat] == ABSENT
         batch = None
         if missing.any():

@@ -8,7 +8,6 @@ Usage:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +150,7 @@ def simulate(trace: LookaheadTrace, cfg: SimConfig) -> SimResult:
     return best
 
 
-def resolve_policy(system: str, model: str, policy: PolicyConfig | None) -> PolicyConfig | None:
+def resolve_policy(system: str, policy: PolicyConfig | None) -> PolicyConfig | None:
     """The policy a system runs with, given a --policy-file (which configures only the system it names)."""
     return policy if policy is not None and policy.system == system else None
 
@@ -173,6 +172,3 @@ def write_timeline(results: list[SimResult], path: str | Path) -> None:
     recorders = {r.system: r.recorder for r in results if isinstance(r.recorder, ListRecorder)}
     write_chrome_trace(recorders, path)
 
-
-def policy_with(policy: PolicyConfig, **fields: Any) -> PolicyConfig:
-    return dataclasses.replace(policy, **fields)

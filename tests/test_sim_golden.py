@@ -1,8 +1,8 @@
 """Hand-built 2-layer, 3-expert scenarios with exact timelines (STYLE rule 10).
 
-The machine is made of round numbers: an expert copy takes 1 ms, a layer's attention 0.1 ms, an expert
-kernel 0.2 ms (+0.1 ms per extra token), a draft forward 0.5 ms, a routing D2H copy 10 us, the LM head
-nothing. Each scenario's full event log [(t_ms, event, layer, expert)] is compared with
+The machine is made of round numbers: an expert copy takes 1 ms, a layer's attention 0.1 ms, its experts
+0.1 ms each plus 0.1 ms per token (one expert, one token: 0.2 ms), a draft forward 2 x (0.1 + 0.15) =
+0.5 ms, a routing D2H copy 10 us, the LM head nothing. Each scenario's full event log [(t_ms, event, layer, expert)] is compared with
 tests/golden/sim_<name>.json; set MOESPEQ_UPDATE_GOLDEN=1 to rewrite them after a deliberate change,
 and review the diff. The first scenario's timeline is also derived by hand in its test.
 """
@@ -29,13 +29,17 @@ ROW_BYTES = TINY.moe_layers * TINY.top_k * 4  # one draft forward's routing ids 
 def tiny_hardware(copy_engines: int = 2) -> HardwareProfile:
     copy = BandwidthTable((1,), (TINY.expert_bytes_bf16 / 1e-3 / 1e9,))  # one expert in exactly 1 ms
     d2h = BandwidthTable((1,), (ROW_BYTES / 1e-5 / 1e9,))  # one routing row in 10 us
-    tables = {"attention_layer": {"context": [0, 10_000], "seconds": [1e-4, 1e-4]},
-              "expert": {"tokens": [1, 2], "seconds": [2e-4, 3e-4]},
-              "draft_step": {"context": [0, 10_000], "seconds": [5e-4, 5e-4]}}
+    geometry = {"hidden": TINY.hidden, "moe_ffn": TINY.moe_ffn, "experts": TINY.experts, "top_k": TINY.top_k}
+    tables = {  # the schema `moespeq calibrate` writes; layer time 0.1 ms per expert + 0.1 ms per token
+        "attention_layer_s": {TINY.name: {"context": [0, 10_000], "time_s": [1e-4, 1e-4]}},
+        "moe_bf16_layer_s": {TINY.name: {**geometry, "tokens": [1, 2, 3], "distinct_experts": [1, 2, 3],
+                                         "time_s": [[2e-4, None, None], [3e-4, 4e-4, None], [4e-4, 5e-4, 6e-4]]}},
+        "moe_int4_layer_s": {TINY.name: {**geometry, "tokens": [1], "distinct_experts": [1], "time_s": [[1.5e-4]]}},
+    }
     return HardwareProfile(name="golden", gpu="made of round numbers", source="tests", gpu_memory_bytes=10**12,
                            h2d_pinned=copy, h2d_pageable=copy, d2h_pinned=d2h, h2d_during_d2h_gbps=1e6,
                            copy_latency_s=0.0, copy_engines=copy_engines, hbm_gbps=1e15, bf16_tflops=1e15,
-                           launch_overhead_s=0.0, kernel_tables={TINY.name: tables})
+                           launch_overhead_s=0.0, kernel_tables=tables)
 
 
 def tiny_trace(prompt, target, draft=None, verify=None, draft_tokens=None, tokens=None) -> LookaheadTrace:
@@ -78,7 +82,7 @@ def check_golden(name: str, result) -> list:
     path = GOLDEN / f"sim_{name}.json"
     if os.environ.get("MOESPEQ_UPDATE_GOLDEN"):
         GOLDEN.mkdir(exist_ok=True)
-        path.write_text(json.dumps(log, indent=0) + "\n")
+        path.write_text("[\n" + ",\n".join(json.dumps(row) for row in log) + "\n]\n")  # one event per line
     assert log == json.loads(path.read_text()), f"timeline differs from {path}"
     return log
 

@@ -78,10 +78,11 @@ class _Ema:
 class AcceptanceEstimator:
     """p_j for draft positions j = 1..J: a per-position EMA shrunk toward the pooled acceptance rate.
 
-    p_j = (m_j v_j + w p) / (m_j + w), with v_j the position's EMA over its m_j (effective) observations,
+    p_j = (m_j v_j + w p) / (m_j + w), with v_j the position's EMA, m_j its effective number of
+    observations (at most 1/ema) faded by (1 - ema) per cycle since the position was last observed,
     p the EMA over all positions (starting at `prior`) and w = `prior_weight`. A position seen only in a
-    short warm-up, or never since the governor settled on a shorter k, leans on the pooled rate instead
-    of on two stale samples.
+    short warm-up, or not since the governor settled on a shorter k, leans on the pooled rate instead
+    of on a few stale samples.
     """
 
     def __init__(self, positions: int, prior: float, ema: float, prior_weight: float) -> None:
@@ -89,14 +90,19 @@ class AcceptanceEstimator:
         self.pooled = _Ema(np.array([prior]), ema)
         self.pooled.n[0] = 1  # the prior counts as one observation of the pooled rate
         self.prior_weight = prior_weight
+        self.cycles = 0
+        self.last_seen = np.zeros(positions)  # cycle of each position's latest observation
 
     def observe(self, outcomes: np.ndarray) -> None:
-        """outcomes [m] of positions 1..m (1 accepted, 0 rejected)."""
+        """outcomes [m] of positions 1..m (1 accepted, 0 rejected), from one cycle."""
+        self.cycles += 1
         self.position.update(np.arange(outcomes.size), outcomes)
         self.pooled.update(np.zeros(1, dtype=np.int64), np.array([outcomes.mean()]))
+        self.last_seen[: outcomes.size] = self.cycles
 
     def estimate(self) -> np.ndarray:
-        m, w = self.position.weight(), self.prior_weight
+        fade = (1.0 - self.position.ema) ** (self.cycles - self.last_seen)
+        m, w = self.position.weight() * fade, self.prior_weight
         return (m * self.position.value + w * self.pooled.value[0]) / np.maximum(m + w, 1e-12)
 
 

@@ -91,20 +91,22 @@ def theta(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray, new_exp
     return (k_accept(accept, k) + 1.0) / t_cycle(perf, k, new_experts)
 
 
+def operating_point(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray,
+                    new_experts: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Cycles of draft length k: tokens per cycle, T_cycle, Theta, I_amort (tokens/GB), both roofs."""
+    tokens = k_accept(accept, k) + 1.0
+    io_bytes = float(new_experts[k]) * perf.expert_bytes
+    i_amort = tokens / io_bytes if io_bytes > 0 else float("inf")
+    return {
+        "k": k, "tokens_per_cycle": tokens, "new_experts": float(new_experts[k]),
+        "t_draft_ms": perf.t_draft(k) * 1e3, "t_verify_ms": perf.t_verify(k + 1) * 1e3,
+        "t_cycle_ms": t_cycle(perf, k, new_experts) * 1e3, "theta_tok_s": theta(perf, k, accept, new_experts),
+        "i_amort_tok_per_gb": i_amort * 1e9, "compute_roof_tok_s": tokens / (perf.t_draft(k) + perf.t_verify(k + 1)),
+        "io_roof_tok_s": i_amort * perf.pcie_bytes_per_s,
+    }
+
+
 def operating_points(perf: PerfModel, accept: Sequence[float] | np.ndarray,
                      new_experts: Sequence[float] | np.ndarray, k_max: int) -> list[dict[str, Any]]:
-    """Per k = 0..k_max: tokens per cycle, T_cycle, Theta, I_amort (tokens/GB), compute roof, I/O roof."""
-    rows = []
-    for k in range(k_max + 1):
-        tokens = k_accept(accept, k) + 1.0
-        io_bytes = float(new_experts[k]) * perf.expert_bytes
-        compute_roof = tokens / (perf.t_draft(k) + perf.t_verify(k + 1))
-        i_amort = tokens / io_bytes if io_bytes > 0 else float("inf")
-        rows.append({
-            "k": k, "tokens_per_cycle": tokens, "new_experts": float(new_experts[k]),
-            "t_draft_ms": perf.t_draft(k) * 1e3, "t_verify_ms": perf.t_verify(k + 1) * 1e3,
-            "t_cycle_ms": t_cycle(perf, k, new_experts) * 1e3, "theta_tok_s": theta(perf, k, accept, new_experts),
-            "i_amort_tok_per_gb": i_amort * 1e9, "compute_roof_tok_s": compute_roof,
-            "io_roof_tok_s": i_amort * perf.pcie_bytes_per_s,
-        })
-    return rows
+    """operating_point for k = 0..k_max with one N_new(T) curve."""
+    return [operating_point(perf, k, accept, new_experts) for k in range(k_max + 1)]

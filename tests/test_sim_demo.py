@@ -1,0 +1,31 @@
+"""The bundled demo trace at the default budget: what `moespeq simulate` prints with no arguments."""
+
+import pytest
+
+from moespeq.commands.simulate import DEFAULT_BUDGET, DEFAULT_HARDWARE
+from moespeq.hardware import get_hardware
+from moespeq.sim.run import SimConfig, simulate
+from moespeq.trace import demo_trace_path, read_trace
+from moespeq.units import parse_bytes
+
+
+@pytest.fixture(scope="module")
+def tpot():
+    trace = read_trace(demo_trace_path())
+    hw, budget = get_hardware(DEFAULT_HARDWARE), parse_bytes(DEFAULT_BUDGET)
+    return {s: simulate(trace, SimConfig(system=s, budget_bytes=budget, hardware=hw)).metrics["tpot_ms"]
+            for s in ("speq", "lru-sm", "lru-sc", "hf-offload")}
+
+
+def test_baselines_order_as_in_the_paper(tpot):
+    assert tpot["lru-sm"] < tpot["lru-sc"] < tpot["hf-offload"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured on the demo trace, a100-40g-pcie4, 36GiB: speq 261.7 ms/token (also behind lru-sc), lru-sm 169.6, lru-sc 253.6, "
+    "hf-offload 3232. speq's INT4 draft (19.3 GiB) leaves it 86 cache slots against lru-sm's 218, and each "
+    "cycle needs ~220 distinct experts (k+1 tokens x 2 of 16 per layer, rejected tokens included), so the cache "
+    "cannot carry them across cycles (hit rate 22 % vs 60 %); the link is busy >99 % of the time in every "
+    "system, so prefetching reorders the copies but cannot remove them. Not forced by tuning."))
+def test_speq_beats_lru_sm(tpot):
+    assert tpot["speq"] < tpot["lru-sm"]
