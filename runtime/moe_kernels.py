@@ -31,10 +31,20 @@ _CTR_ERROR, _CTR_ROWS = 3, 4  # counters[] layout of moe_common.cuh
 ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache slot"}
 
 
+INT4_STAGES = 4  # shared-memory stages per warp in int4_moe.cu (-D MOE_INT4_STAGES)
+_INT4_STAGE_BYTES = (4 * 32 + 4) * 16  # one 128-wide group of gate and up for 16 rows, with scales
+_OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_STAGES={INT4_STAGES}"), "expert_bf16": ("--std=c++17",)}
+
+
 @functools.cache
 def _module(name: str) -> cupy.RawModule:
-    log.info("compiling %s.cu for the current device", name)
-    return cupy.RawModule(code=kernel_source(name), options=("--std=c++17",))
+    log.info("compiling %s.cu for the current device with %s", name, " ".join(_OPTIONS[name]))
+    return cupy.RawModule(code=kernel_source(name), options=_OPTIONS[name])
+
+
+def dynamic_smem_bytes(name: str, warps: int) -> int:
+    """Dynamic shared memory of a launch: the INT4 kernel's per-warp cp.async rings, none for bf16."""
+    return warps * INT4_STAGES * _INT4_STAGE_BYTES if name == "int4_moe" else 0
 
 
 @functools.cache
@@ -61,13 +71,13 @@ def device_info() -> DeviceInfo:
 
 
 @functools.cache
-def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
+def occupancy(kernel: cupy.RawKernel, warps: int, dynamic_smem: int = 0) -> int:
     """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
     assert 32 * warps <= kernel.max_threads_per_block, (warps, kernel.max_threads_per_block)  # once per kernel and size
     dev = device_info()
     regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
     by_regs = dev.regs_per_sm // (regs_per_warp * warps)
-    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
+    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + dynamic_smem + 1024)  # 1 KiB reserved per block
     by_threads = dev.max_threads_per_sm // (32 * warps)
     return max(1, min(by_regs, by_smem, by_threads))
 
@@ -76,7 +86,8 @@ class MoeWorkspace:
     """Scratch of the MoE kernels for one geometry and one stream; the kernels re-arm its counters.
 
     hbuf [U, 16, F] bf16 bits: SiLU(gate) * up per expert in use and token;
-    partial [D/16, U, max_splits, 256] fp32: down-projection partials; counters [4 + D/16] int32.
+    partial [D/16, U, max_splits, 256] fp32: down-projection partials;
+    counters [4 + D/16 + U] int32: ticket, exits, error flags, per row tile, per expert phase 1 done.
     """
 
     def __init__(self, geometry: ExpertGeometry, max_splits: int = 16):
@@ -85,7 +96,7 @@ class MoeWorkspace:
         self.max_splits = max_splits
         self.hbuf = cupy.zeros((u, 16, f), dtype=cupy.uint16)
         self.partial = cupy.zeros(d // 16 * u * max_splits * 256, dtype=cupy.float32)
-        self.counters = cupy.zeros(_CTR_ROWS + d // 16, dtype=cupy.int32)
+        self.counters = cupy.zeros(_CTR_ROWS + d // 16 + u, dtype=cupy.int32)
 
     def errors(self) -> list[str]:
         """What the kernels flagged since the last clear (a device read)."""
@@ -106,12 +117,22 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
     return tokens
 
 
-def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple]:
+@functools.cache
+def _allow_dynamic_smem(kernel: cupy.RawKernel, nbytes: int) -> None:
+    """Beyond 48 KiB of shared memory a kernel must opt in, once per size."""
+    if nbytes > kernel.max_dynamic_shared_size_bytes:
+        kernel.max_dynamic_shared_size_bytes = nbytes
+
+
+def _launch_geometry(kernel: cupy.RawKernel, source: str, config: LaunchConfig,
+                     workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
     assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
-    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
+    shared_mem = dynamic_smem_bytes(source, config.warps)
+    _allow_dynamic_smem(kernel, shared_mem)
+    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps, shared_mem))
     grid = (device_info().sm_count * blocks_per_sm,)  # persistent: blocks claim work items from a ticket
     block = (32 * config.warps,)
-    return grid, block
+    return grid, block, shared_mem
 
 
 def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, workspace: MoeWorkspace, out: Any,
@@ -128,8 +149,7 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
         assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
         assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
     kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
-    grid, block = _launch_geometry(kernel, config, workspace)
-    shared_mem = 0  # all shared memory is static (routing table and reduction scratch, ~31 KiB)
+    grid, block, shared_mem = _launch_geometry(kernel, "int4_moe", config, workspace)  # + ~31 KiB static
     args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
             experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,
             np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
@@ -151,8 +171,7 @@ def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer:
     assert cache.slot_table.dtype == cupy.int32 and cache.slot_table.flags.c_contiguous
     assert 0 <= layer < cache.slot_table.shape[0], (layer, cache.slot_table.shape)
     kernel = get_kernel("expert_bf16", "moe_bf16_t8" if tokens <= 8 else "moe_bf16_t16")
-    grid, block = _launch_geometry(kernel, config, workspace)
-    shared_mem = 0
+    grid, block, shared_mem = _launch_geometry(kernel, "expert_bf16", config, workspace)
     args = (x, topk_ids, topk_w, cache.arena, cache.slot_table, np.int32(layer), np.int32(cache.arena.shape[0]),
             out, workspace.hbuf, workspace.partial, workspace.counters, np.int32(tokens), np.int32(geo.top_k),
             np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn), np.int32(config.down_splits),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from moespeq.runtime.kernel_bench import LayerBench
 from moespeq.runtime.launch_config import LaunchConfig
-from moespeq.runtime.moe_kernels import get_kernel, occupancy
+from moespeq.runtime.moe_kernels import dynamic_smem_bytes, get_kernel, occupancy
 from moespeq.runtime.timing import median_time_s
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[
     source, small, large = _FUNCTIONS[kernel]
     fn = get_kernel(source, small if tokens <= 8 else large)
     splits = [j for j in (1, 2, 4, 8) if j <= min(max_splits, moe_ffn // 128)]
-    return [LaunchConfig(warps, blocks, j) for warps in (4, 8) for blocks in range(1, min(4, occupancy(fn, warps)) + 1)
-            for j in splits]
+    return [LaunchConfig(warps, blocks, j) for warps in (4, 8)
+            for blocks in range(1, min(4, occupancy(fn, warps, dynamic_smem_bytes(source, warps))) + 1) for j in splits]
 
 
 def tune(lb: LayerBench, kernel: str, tokens: Sequence[int], iters: int = 20) -> dict[int, tuple[LaunchConfig, float]]:

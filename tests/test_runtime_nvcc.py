@@ -20,7 +20,7 @@ def test_every_kernel_file_is_listed():
 def test_compiles_for_sm90_without_spills(name, tmp_path):
     src = tmp_path / f"{name}.cu"
     src.write_text(kernel_source(name))  # header inlined, exactly the text NVRTC compiles
-    result = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(src), "-o",
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(src), "-o",  # default -D values
                              str(tmp_path / f"{name}.o")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     report = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",

@@ -32,7 +32,7 @@ struct Bf16Weights {
 
     template <int NT>
     static __device__ __forceinline__ void chunk_mma(float* acc, const Rows& s, const bf16_t* const* rows, int kc,
-                                                     int c, bool two, bool l2) {
+                                                     int c, bool two) {
         unsigned a[4][4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -45,7 +45,7 @@ struct Bf16Weights {
         for (int nt = 0; nt < NT; ++nt) {
             if (nt == 0 || two) {
                 uint4 xb[2];
-                load_b(xb, rows[nt], kc, c, l2);
+                load_b(xb, rows[nt], kc, c);
                 mma_chunk(acc + nt * 4, a, xb);
             }
         }
@@ -61,25 +61,31 @@ struct Bf16Weights {
         const uint4* gate = arena + (size_t)slot * 3 * matrix_words + (size_t)(16 * r + g) * row_words;
         const uint4* up = gate + matrix_words;
         const bool two = NT == 2 && cnt > 8;
-        pipelined<GateUpStage>(warp, p.D / 64, nwarps,
+        pipelined<2, GateUpStage>(warp, p.D / 64, nwarps,
             [&](int kc) { return GateUpStage{load_rows(gate, row_words, kc, c), load_rows(up, row_words, kc, c)}; },
             [&](const GateUpStage& s, int kc) {
-                chunk_mma<NT>(acc, s.g, xrow, kc, c, two, false);
-                chunk_mma<NT>(acc + NT * 4, s.u, xrow, kc, c, two, false);
+                chunk_mma<NT>(acc, s.g, xrow, kc, c, two);
+                chunk_mma<NT>(acc + NT * 4, s.u, xrow, kc, c, two);
             });
     }
 
+    // split j of J over the chunks of F
+    static __device__ __forceinline__ void split(int chunks, int J, int j, int& lo, int& hi) {
+        const int per = (chunks + J - 1) / J;
+        lo = min(chunks, j * per);
+        hi = min(chunks, (j + 1) * per);
+    }
+
     template <int NT>
-    __device__ void down(float* acc, int slot, int r, int j, const bf16_t* const* hrow, int cnt, const MoeArgs& p,
-                         int warp, int nwarps, int lane) const {
-        const int row_words = p.F / 8, c = lane & 3, g = lane >> 2, KC = p.F / 64;
-        const int per = (KC + p.J - 1) / p.J, lo = j * per, hi = min(KC, lo + per);
+    __device__ void down(float* acc, int slot, int r, int lo, int hi, const bf16_t* const* hrow, int cnt,
+                         const MoeArgs& p, int warp, int nwarps, int lane) const {
+        const int row_words = p.F / 8, c = lane & 3, g = lane >> 2;
         const size_t matrix_words = (size_t)p.F * p.D / 8;
         const uint4* down_w = arena + (size_t)slot * 3 * matrix_words + 2 * matrix_words + (size_t)(16 * r + g) * row_words;
         const bool two = NT == 2 && cnt > 8;
-        pipelined<Rows>(lo + warp, hi, nwarps,
+        pipelined<2, Rows>(lo + warp, hi, nwarps,
             [&](int kc) { return load_rows(down_w, row_words, kc, c); },
-            [&](const Rows& s, int kc) { chunk_mma<NT>(acc, s, hrow, kc, c, two, true); });
+            [&](const Rows& s, int kc) { chunk_mma<NT>(acc, s, hrow, kc, c, two); });
     }
 };
 

@@ -11,13 +11,14 @@
 //             tokens routed to it, which are gathered into the tensor-core N dimension.
 //   phase 1   item (u, r): 16 rows r of gate and up of expert u for its tokens, SiLU(g)*u rounded to bf16
 //             into h[u, n, F]. The block's warps split the D reduction; a fixed-order shared-memory sum.
-//   phase 2   item (r, u, j): 16 rows of down for split j of F, weighted by the gate weights, written as a
+//   phase 2   item (u, r, j): 16 rows of down for split j of F, weighted by the gate weights, written as a
 //             dense [16 rows x 16 tokens] fp32 partial. An integer ticket per row tile elects the last
 //             arriving block, which sums the partials in (u, j) order and writes y: deterministic, no
 //             floating-point atomics.
-// Items are claimed from one integer ticket counter in order, phase 1 first. A block that reaches phase 2
-// waits until every phase-1 item is done; all of those were claimed by running blocks, so this cannot
-// deadlock whatever the grid size. The last block to exit resets the counters for the next launch, so a
+// Items are claimed from one integer ticket counter in order, phase 1 first, both expert-major. A block
+// that reaches a phase-2 item of expert u waits until u's phase-1 items are done (so one expert's down
+// projection overlaps the next experts' gate/up); those items were claimed earlier by running blocks, so
+// this cannot deadlock whatever the grid size. The last block to exit resets the counters for the next launch, so a
 // workspace is reused without a memset (one workspace per stream).
 //
 // Tensor cores: mma.m16n8k16 bf16 with fp32 accumulation; weight rows are the M dimension, tokens N.
@@ -34,9 +35,9 @@ typedef unsigned short bf16_t;
 #define MOE_MAX_WARPS 8
 #define MOE_TILE 256          // 16 rows x 16 tokens of one phase-2 partial
 
-// counters[]: ticket, phase-1 items done, blocks exited, error flags, then one ticket per 16-row tile of D
+// counters[]: ticket, (unused), blocks exited, error flags, then one ticket per 16-row tile of D, then the
+// phase-1 items done per expert in use
 #define CTR_TICKET 0
-#define CTR_P1_DONE 1
 #define CTR_EXITED 2
 #define CTR_ERROR 3
 #define CTR_ROWS 4
@@ -61,7 +62,7 @@ struct MoeArgs {
     bf16_t* y;            // [T, D]
     bf16_t* hbuf;         // [u_cap, 16, F]
     float* partial;       // [D/16, u_cap, J, 256]
-    int* counters;        // [4 + D/16]
+    int* counters;        // [4 + D/16 + u_cap]
     int T, K, E, D, F, J, u_cap;
 };
 
@@ -95,17 +96,13 @@ __device__ __forceinline__ unsigned ld_stream32(const unsigned* p) {
     return v;
 }
 
-// activations that stay constant during the launch: cached in L1, shared by the SM's warps
+// B operands, cached in L1 and shared by the SM's warps: x (an input) and h. h is written in this launch,
+// but a block reads an expert's h only after an ld.acquire.gpu of that expert's phase-1 count and a barrier
+// (the acquire invalidates L1, as in CUTLASS's semaphore), and h does not change after that. Not .nc: the
+// read-only path is only for data that no thread writes during the launch.
 __device__ __forceinline__ uint4 ld_const(const uint4* p) {
     uint4 v;
-    asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-// data written earlier in this launch by other blocks: read from L2, never a stale L1 line
-__device__ __forceinline__ uint4 ld_l2(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
 
@@ -144,28 +141,86 @@ __device__ __forceinline__ void mma_chunk(float* d, const unsigned (&a)[4][4], c
     }
 }
 
-// The 2 halves of chunk kc of a token row for lane column c (k-permuted order above).
-__device__ __forceinline__ void load_b(uint4 (&xb)[2], const bf16_t* row, int kc, int c, bool from_l2) {
+// The 2 halves of chunk kc of a token row (x, or h once its expert's phase 1 is complete) for lane column c
+// (k-permuted order above), through L1: every item of the same expert on this SM reads the same rows.
+__device__ __forceinline__ void load_b(uint4 (&xb)[2], const bf16_t* row, int kc, int c) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const uint4* q = reinterpret_cast<const uint4*>(row + 64 * kc + 32 * h + 8 * c);
-        xb[h] = from_l2 ? ld_l2(q) : ld_const(q);
+    for (int h = 0; h < 2; ++h) xb[h] = ld_const(reinterpret_cast<const uint4*>(row + 64 * kc + 32 * h + 8 * c));
+}
+
+// ---- asynchronous global -> shared copies (cp.async): loads in flight that hold no registers ----------------
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {  // streamed: L2 only
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// Work units first, first+step, ... < end of one warp through a ring of STAGES shared-memory stages:
+// issue(unit, stage) starts the unit's copies, compute(stage, unit) consumes them once landed. STAGES - 1
+// units are in flight while one is computed; every iteration commits one (possibly empty) copy group, so
+// "all but the newest STAGES - 1 groups landed" means the unit being computed has landed.
+template <int STAGES, class Issue, class Compute>
+__device__ __forceinline__ void pipelined_async(int first, int end, int step, Issue issue, Compute compute) {
+#pragma unroll
+    for (int k = 0; k < STAGES - 1; ++k) {
+        if (first + k * step < end) issue(first + k * step, k);
+        cp_async_commit();
+    }
+    int stage = 0;
+    for (int i = first; i < end; i += step) {
+        const int ahead = i + (STAGES - 1) * step;
+        if (ahead < end) issue(ahead, stage == 0 ? STAGES - 1 : stage - 1);  // the stage computed last iteration
+        cp_async_commit();
+        cp_async_wait<STAGES - 1>();
+        __syncwarp();  // lanes read words that other lanes copied (the scales)
+        compute(stage, i);
+        __syncwarp();  // everyone is done with this stage before it is refilled
+        stage = stage + 1 == STAGES ? 0 : stage + 1;
+    }
+    cp_async_wait<0>();
+}
+
+// Warm L1 with B rows n < rows (row_of(n) points at one), chunks [lo, hi): one 128-byte line per chunk and
+// row, spread over the block, so that the B loads of the compute steps hit L1 instead of waiting on L2.
+template <class RowOf>
+__device__ __forceinline__ void prefetch_rows(RowOf row_of, int rows, int lo, int hi) {
+    const int chunks = hi - lo;
+    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+        asm volatile("prefetch.global.L1 [%0];" :: "l"(row_of(i / chunks) + 64 * (lo + i % chunks)));
     }
 }
 
-// Work units first, first+step, ... < end, with the loads of the next two units in flight while one
-// is computed (registers double-buffered).
-template <class Stage, class Load, class Compute>
+// Work units first, first+step, ... < end, with the loads of the next DEPTH units in flight while one
+// is computed: a ring of DEPTH register stages, indexed by compile-time constants only.
+template <int DEPTH, class Stage, class Load, class Compute>
 __device__ __forceinline__ void pipelined(int first, int end, int step, Load load, Compute compute) {
-    Stage s0, s1;
-    if (first < end) s0 = load(first);
-    if (first + step < end) s1 = load(first + step);
-    for (int i = first; i < end; i += 2 * step) {
-        compute(s0, i);
-        if (i + 2 * step < end) s0 = load(i + 2 * step);
-        if (i + step < end) {
-            compute(s1, i + step);
-            if (i + 3 * step < end) s1 = load(i + 3 * step);
+    Stage s[DEPTH];
+#pragma unroll
+    for (int k = 0; k < DEPTH; ++k) {
+        if (first + k * step < end) s[k] = load(first + k * step);
+    }
+    for (int i = first; i < end; i += DEPTH * step) {
+#pragma unroll
+        for (int k = 0; k < DEPTH; ++k) {
+            const int idx = i + k * step;
+            if (idx < end) {
+                compute(s[k], idx);
+                if (idx + DEPTH * step < end) s[k] = load(idx + DEPTH * step);
+            }
         }
     }
 }
@@ -256,6 +311,7 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
         const int n = min(8 * nt + g, cnt - 1);
         xrow[nt] = p.x + (size_t)R.token[u][n] * p.D;
     }
+    prefetch_rows([&](int n) { return p.x + (size_t)R.token[u][n] * p.D; }, cnt, 0, p.D / 64);
     float acc[2 * NT * 4];  // gate fragments [NT][4], then up fragments [NT][4]
 #pragma unroll
     for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
@@ -277,7 +333,7 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
         __threadfence();  // h visible device-wide before the completion count says so
     }
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(&p.counters[CTR_P1_DONE], 1);
+    if (threadIdx.x == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], 1);
 }
 
 template <int NT, class Weights>
@@ -291,10 +347,13 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
         const int n = min(8 * nt + g, cnt - 1);
         hrow[nt] = p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F;
     }
+    int lo, hi;  // this split's 64-wide chunks of F
+    Weights::split(p.F / 64, p.J, j, lo, hi);
+    prefetch_rows([&](int n) { return p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F; }, cnt, lo, hi);
     float acc[NT * 4];
 #pragma unroll
     for (int i = 0; i < NT * 4; ++i) acc[i] = 0.0f;
-    if (R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, j, hrow, cnt, p, warp, nwarps, lane);
+    if (R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, lo, hi, hrow, cnt, p, warp, nwarps, lane);
     block_sum(S, acc, NT * 4);  // its barrier also orders the tile zeroing above
     if (warp == 0) {
 #pragma unroll
@@ -330,14 +389,14 @@ template <int NT, class Weights>
 __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     __shared__ Routing R;
     __shared__ Scratch S;
-    build_routing(R, p, wts);
-    const int tid = threadIdx.x, n_used = R.n_used;
-    const int FT = p.F / 16, DT = p.D / 16;
-    const int n_p1 = n_used * FT, n_p2 = DT * n_used * p.J, total = n_p1 + n_p2;
-    if (tid == 0) S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);
-    __syncthreads();
+    const int tid = threadIdx.x;
+    if (tid == 0) S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
+    build_routing(R, p, wts);  // ends with a barrier, which also publishes S.ticket
+    const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16;
+    const int n_p1 = n_used * FT, n_p2 = n_used * DT * p.J, total = n_p1 + n_p2;
+    int* p1_done = p.counters + CTR_ROWS + DT;  // [U] phase-1 items finished per expert in use
     int ticket = S.ticket;
-    bool phase1_seen_done = false;
+    int ready_u = -1;  // experts below this have finished phase 1 (tickets only grow, so u never decreases)
     while (ticket < total) {
         __syncthreads();  // everyone has read S.ticket
         int next = 0;
@@ -345,15 +404,15 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
         if (ticket < n_p1) {
             phase1_item<NT>(R, S, p, wts, ticket / FT, ticket % FT);
         } else {
-            if (!phase1_seen_done) {
+            const int q = ticket - n_p1, per_expert = DT * p.J, u = q / per_expert;
+            if (u > ready_u) {
                 if (tid == 0) {
-                    while (ld_acquire(&p.counters[CTR_P1_DONE]) < n_p1) __nanosleep(64);
+                    while (ld_acquire(&p1_done[u]) < FT) __nanosleep(64);
                 }
                 __syncthreads();
-                phase1_seen_done = true;
+                ready_u = u;
             }
-            const int q = ticket - n_p1, per_row = n_used * p.J;
-            phase2_item<NT>(R, S, p, wts, q / per_row, (q % per_row) / p.J, q % p.J);
+            phase2_item<NT>(R, S, p, wts, (q % per_expert) / p.J, u, q % p.J);
         }
         if (tid == 0) S.ticket = next;
         __syncthreads();
@@ -361,7 +420,7 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     }
     if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
         p.counters[CTR_TICKET] = 0;  // every other block has taken its last ticket and left
-        p.counters[CTR_P1_DONE] = 0;
         p.counters[CTR_EXITED] = 0;
+        for (int u = 0; u < n_used; ++u) p1_done[u] = 0;
     }
 }
