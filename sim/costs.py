@@ -160,6 +160,16 @@ class CostModel:
         total = float(analytic.sum())
         return analytic * (layer / total) if total > 0 else np.full(t.size, layer / t.size)
 
+    def pass_experts_s(self, counts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per layer of a pass with counts [L, E] tokens per expert: (experts [n], tokens [n], seconds [n])."""
+        layers, experts = np.nonzero(counts)  # [m] each, layer-major
+        tokens = counts[layers, experts]
+        bounds = np.searchsorted(layers, np.arange(1, counts.shape[0]))
+        out = []
+        for e, t in zip(np.split(experts, bounds), np.split(tokens, bounds), strict=True):
+            out.append((e, t, self.experts_s(t)))
+        return out
+
     def head_s(self, tokens: int, context: int) -> float:
         """LM head and final norm, plus the dense layers (their attention and MLP) for `tokens` tokens."""
         s = self.spec
@@ -182,7 +192,7 @@ class CostModel:
     def forward_s(self, counts: np.ndarray, context: int) -> float:
         """A whole target forward with every expert resident: counts [L, E] tokens per expert."""
         tokens = int(counts[0].sum()) // self.spec.top_k
-        experts = sum(float(self.experts_s(row[row > 0]).sum()) for row in counts)
+        experts = sum(float(c.sum()) for _, _, c in self.pass_experts_s(counts))
         return self.spec.moe_layers * self.layer_s(tokens, context) + experts + self.head_s(tokens, context)
 
     def perf_model(self, context: int, k_max: int, copy_s: float) -> PerfModel:

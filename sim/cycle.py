@@ -197,6 +197,7 @@ class Decoder:
         if kind == PREFILL:
             self._issue(p.prefetcher.begin_step(step, tokens, 0))
         busy0, layer_s = 0.0, self.costs.layer_s(tokens, context)
+        per_layer = self.costs.pass_experts_s(counts)  # [(experts [n], tokens [n], seconds [n])] per layer
         for layer in range(self.L):
             m.progress = (step, layer)
             p.cache.progress(step, layer)
@@ -206,13 +207,13 @@ class Decoder:
             busy0 += env.now - t0
             if self.rec.enabled:
                 self.rec.span(ATTENTION, "compute", t0, env.now, layer)
-            experts = np.flatnonzero(counts[layer])
+            experts, expert_tokens, cost = per_layer[layer]
             p.cache.access(layer, experts)
             predicted = None
             if self.gate_accuracy is not None and layer + 1 < self.L:
                 predicted = predict_next_layer(ids[:, layer + 1], self.gate_accuracy, self.E, self.rng)
             self._issue(p.prefetcher.on_router(layer, ids[:, layer], predicted))
-            busy0 += yield from self._experts(layer, experts, counts[layer, experts])
+            busy0 += yield from self._experts(layer, experts, expert_tokens, cost)
             self._issue(p.prefetcher.on_layer_done(layer))
             m.unpark()
         t0 = env.now
@@ -225,8 +226,8 @@ class Decoder:
         if self.rec.enabled:
             self.rec.span(kind, "compute", t_start, env.now, tokens=tokens)
 
-    def _experts(self, layer: int, experts: np.ndarray, tokens: np.ndarray):
-        """Compute a layer's experts [n] (tokens [n] each): resident ones first, the rest as they land.
+    def _experts(self, layer: int, experts: np.ndarray, tokens: np.ndarray, cost: np.ndarray):
+        """Compute a layer's experts [n] (tokens [n], seconds [n] each): resident first, the rest as they land.
 
         The misses go to the copy engine as one demand batch; once it has started them their landing
         times are known, and the expert kernels are folded over the landings in one timeout:
@@ -235,9 +236,17 @@ class Decoder:
         """
         env, cache, m = self.env, self.p.cache, self.m
         flat = layer * self.E + experts
+        state = cache.state[flat]
         cache.hold(flat)
-        cost = self.costs.experts_s(tokens)  # [n] seconds per expert
-        missing = cache.state[flat] == ABSENT
+        if (state == RESIDENT).all():  # the common fast path: nothing to wait for
+            busy = float(cost.sum()) * m.compute_s(1.0)
+            if self.rec.enabled:
+                self._record_fold(layer, experts, np.full(flat.size, env.now), cost * m.compute_s(1.0), env.now)
+            yield env.timeout(busy)
+            cache.release(flat)
+            m.notify_release()
+            return busy
+        missing = state == ABSENT
         batch = None
         if missing.any():
             order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first

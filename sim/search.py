@@ -29,7 +29,6 @@ from moespeq.hardware import get_hardware
 from moespeq.policy.config import TIE_BREAKS, PolicyConfig
 from moespeq.trace import LookaheadTrace, read_trace
 
-from .run import SimConfig, simulate
 from .systems import get_system
 
 SYSTEM = "speq"
@@ -114,6 +113,8 @@ def _init_worker(cfg: SearchConfig, trace: LookaheadTrace | None = None) -> None
 
 
 def _evaluate(task: tuple[dict[str, Any], tuple[float, ...]]) -> tuple[float, float]:
+    from .run import SimConfig, simulate  # simpy only where simulations run, not for `moespeq --help`
+
     grid, vector = task
     cfg, trace = _CONTEXT["cfg"], _CONTEXT["trace"]
     knobs = {name: float(v) for (_, name, *_), v in zip(KNOBS, vector, strict=True)}
@@ -143,12 +144,12 @@ def search(cfg: SearchConfig, progress: Callable[[int], None] | None = None) -> 
     """Grid x differential evolution; `progress(n)` is told of every n finished evaluations."""
     from scipy.optimize import differential_evolution
 
-    trace = read_trace(cfg.trace_path)
     from .run import check_trace
 
+    trace = read_trace(cfg.trace_path)
     check_trace(trace)
     points = [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
-    per_point = cfg.evals // len(points)
+    budgets = [cfg.evals // len(points) + (i < cfg.evals % len(points)) for i in range(len(points))]
     bounds = _bounds(trace)
     integrality = np.array([integral for *_, integral in KNOBS])
     evaluations: list[Evaluation] = []
@@ -169,7 +170,7 @@ def search(cfg: SearchConfig, progress: Callable[[int], None] | None = None) -> 
                     progress(len(tasks))
                 return out
 
-            _differential_evolution(differential_evolution, run_batch, bounds, integrality, per_point, cfg.seed + i)
+            _differential_evolution(differential_evolution, run_batch, bounds, integrality, budgets[i], cfg.seed + i)
     finally:
         if pool is not None:
             pool.close()
@@ -189,12 +190,14 @@ def _differential_evolution(de: Callable, run_batch: Callable, bounds: list[tupl
     from scipy.stats import qmc
 
     dims = len(bounds)
-    members = max(2, min(5 * dims, budget // 3 if budget >= 15 else budget))
-    generations = max(0, budget // members - 1)
+    # a population that divides the budget (so every evaluation is spent), near a third of it: >= 3 generations
+    sizes = [m for m in range(5, min(5 * dims, budget // 2) + 1) if budget % m == 0]
+    members = min(sizes, key=lambda m: abs(m - budget / 3)) if sizes else (budget if budget < 10 else budget // 3)
+    generations = budget // members - 1
     lo, hi = np.array(bounds, dtype=np.float64).T
     init = qmc.scale(qmc.LatinHypercube(d=dims, seed=seed).random(members), lo, hi)
     init = np.where(integrality, np.round(init), init)
-    if members < 5:  # DE needs five members to mutate: spend a small budget on the sample itself
+    if members < 5 or generations == 0:  # DE needs five members and a generation: the sample is the search
         run_batch(None, init)
         return
     de(lambda x: math.nan, bounds, init=init, maxiter=generations, popsize=members, seed=seed, polish=False,

@@ -117,3 +117,11 @@ def test_a_trace_that_disagrees_with_its_model_is_rejected(capsys, tmp_path):
     write_trace(fake, path)
     err = _error(capsys, ["simulate", "--trace", str(path), "--systems", "lru-sm"])
     assert "geometry disagrees" in err and "layers=2 (preset 32)" in err
+
+
+def test_the_cli_does_not_import_simpy_until_a_simulation_runs():
+    import subprocess
+    import sys
+
+    code = "import sys; from moespeq.cli import build_parser; build_parser(); print('simpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -169,9 +169,9 @@ class ExpertCache:
         if need > 0:
             lo, hi = self._range[pool]
             candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
-            victims = self.eviction.victims(candidates, lo, min(need, int(candidates.sum()))).tolist()
-            for victim in victims:
-                self._evict(victim)
+            chosen = self.eviction.victims(candidates, lo, min(need, int(candidates.sum())))  # [v]
+            self._evict_many(chosen, pool)
+            victims = chosen.tolist()
         granted = min(flat.size, self.capacity[pool] - self._used[pool])
         claimed, free_list = flat[:granted], self._free[pool]
         self._used[pool] += granted
@@ -181,6 +181,17 @@ class ExpertCache:
         self.prefetched[claimed] = False
         self.counters.loads_demand += granted
         return granted, victims
+
+    def _evict_many(self, victims: np.ndarray, pool: int) -> None:
+        """_evict for several victims of one pool at once."""
+        wasted = self.prefetched[victims]
+        self.counters.prefetch_wasted += int(wasted.sum())
+        self.prefetched[victims] = False
+        self.counters.evictions += victims.size
+        self.state[victims] = ABSENT
+        self._free[pool].extend(self.slot_of[victims].tolist())
+        self.slot_of[victims] = -1
+        self._used[pool] -= victims.size
 
     def _evict(self, victim: int) -> None:
         pool = self._pool(victim)

@@ -63,6 +63,8 @@ class EvictionPolicy:
             key[flat] = self._tie_key(flat, recency_first)
 
     def on_access(self, flat: np.ndarray, clock: int) -> None:
+        if clock >= _CLOCK_LIMIT:
+            raise RuntimeError("access clock passed 2^27: the eviction tie key would lose recency order")
         self.last_use[flat] = clock
         self._use(flat)
 
@@ -87,7 +89,8 @@ class EvictionPolicy:
         """One float key ordering (decayed frequency, recency) lexicographically (smaller = evict first).
 
         The frequency is quantized to 1/1024 (closer values count as equal and recency decides); the
-        recency clock must stay below 2^27 accesses (about 4 M tokens of a 32-layer model). Cached
+        recency clock must stay below 2^27 accesses (about 4 M tokens of a 32-layer model; on_access
+        checks). Cached
         until the statistics change, because a batch of evictions asks many times in between.
         """
         key = self._keys.get(recency_first)
@@ -97,8 +100,6 @@ class EvictionPolicy:
 
     def _tie_key(self, flat: np.ndarray | int | slice, recency_first: bool) -> np.ndarray:
         last_use = self.last_use[flat]
-        if np.max(last_use) >= _CLOCK_LIMIT:
-            raise RuntimeError("access clock passed 2^27: the eviction tie key would lose recency order")
         freq_q = np.floor(self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) * _FREQ_SCALE)
         if recency_first:
             return last_use * _FREQ_LIMIT + np.minimum(freq_q, _FREQ_LIMIT - 1)
