@@ -184,8 +184,8 @@ class Decoder:
         self._issue(self.p.prefetcher.on_draft_row(j, ids, weights, self.m.backlog_s()))
 
     def _issue(self, requests: list[Request]) -> None:
-        for step, layer, expert, score in requests:
-            self.m.request(step, layer, expert, score)
+        if requests:
+            self.m.request(requests)
 
     # ---- one forward pass (prefill or verification) -----------------------------------------------------
     def _pass(self, ids: np.ndarray, context: int, kind: str):

@@ -41,6 +41,15 @@ DEMAND, PREFETCH, D2H = 0, 1, -1
 WHOLE_LAYER = -1  # expert id of a copy that moves every expert of a layer at once (hf-offload)
 
 
+class PrefetchBatch:
+    """One decision's prefetch requests, sorted by (step, layer, -score, expert); `pos` is the next one."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self, items: list[tuple[int, int, float, int]]) -> None:
+        self.items, self.pos = items, 0
+
+
 class DemandBatch:
     """A running layer's misses. `ready` fires each time the engine has started some of them; `experts`
     then holds the ones still waiting for a slot (empty when all are on their way)."""
@@ -82,15 +91,23 @@ class Machine:
             env.process(self._d2h())
 
     # ---- requests ---------------------------------------------------------------------------------------
-    def request(self, step: int, layer: int, expert: int, score: float) -> None:
-        """Queue a prefetch copy of (layer, expert); duplicates of queued prefetches are ignored."""
-        flat = layer * self.E + expert
-        if self._queued[flat]:
-            return
-        self._queued[flat] = True
-        if self.rec.enabled:
-            self.rec.instant(PREFETCH_ISSUE, self.env.now, layer, expert, step=step)
-        self._push((PREFETCH, step, layer, -score, expert))
+    def request(self, requests: list[tuple[int, int, int, float]]) -> None:
+        """Queue prefetch copies [(step, layer, expert, score)]; experts already queued are ignored.
+
+        One decision's requests enter the queue as one sorted batch that the engine merges with the rest
+        (the same order as one entry each, without a heap operation per request).
+        """
+        items = []
+        for step, layer, expert, score in requests:
+            flat = layer * self.E + expert
+            if not self._queued[flat]:
+                self._queued[flat] = True
+                items.append((step, layer, -score, expert))
+                if self.rec.enabled:
+                    self.rec.instant(PREFETCH_ISSUE, self.env.now, layer, expert, step=step)
+        if items:
+            items.sort()
+            self._push((PREFETCH, *items[0][:3], PrefetchBatch(items)))
 
     def demand(self, step: int, layer: int, experts: list[int]) -> DemandBatch:
         """Queue the misses of a running layer (WHOLE_LAYER: the whole layer in one copy, hf-offload)."""
@@ -124,7 +141,8 @@ class Machine:
 
     def backlog_s(self) -> float:
         """Time to drain the H2D queue as it stands (expert copies only)."""
-        return len(self._heap) * self.copy_s + max(0.0, self.busy_until - self.env.now)
+        queued = sum(len(e[5].items) - e[5].pos if e[0] == PREFETCH else 1 for e in self._heap)
+        return queued * self.copy_s + max(0.0, self.busy_until - self.env.now)
 
     def _kick(self) -> None:
         if self._wake is not None and not self._wake.triggered:
@@ -145,22 +163,34 @@ class Machine:
                 continue
             from_parked = retry and (not self._heap or self._parked[0] < self._heap[0])
             entry = heapq.heappop(self._parked if from_parked else self._heap)
-            cls, step, layer, _, _, payload = entry
+            cls, payload = entry[0], entry[5]
             if cls == PREFETCH:
-                flat = layer * self.E + payload
-                if self.cache.state[flat] != ABSENT or self._stale(step, layer):
-                    self._queued[flat] = False  # landed meanwhile, or its layer has passed: drop it
-                    continue
-                yield from self._prefetch(entry, flat)
+                yield from self._prefetch(entry)
             elif cls == DEMAND:
                 yield from self._demand(entry)
             else:
                 yield from self._d2h_copy(*payload)
 
-    def _prefetch(self, entry: tuple, flat: int):
+    def _next_live(self, batch: PrefetchBatch) -> int:
+        """Skip (and unqueue) a batch's items that landed meanwhile or whose layer has passed; -1 if none left."""
+        state, queued, E = self.cache.state, self._queued, self.E  # noqa: N806
+        while batch.pos < len(batch.items):
+            step, layer, _, expert = batch.items[batch.pos]
+            flat = layer * E + expert
+            if state[flat] == ABSENT and not self._stale(step, layer):
+                return flat
+            queued[flat] = False
+            batch.pos += 1
+        return -1
+
+    def _prefetch(self, entry: tuple):
+        batch: PrefetchBatch = entry[5]
+        flat = self._next_live(batch)
+        if flat < 0:
+            return
         status, victim = self.cache.reserve(flat, demand=False)
         if status != OK:  # later prefetches would be refused for the same reason: park them all
-            heapq.heappush(self._parked, entry)
+            heapq.heappush(self._parked, (PREFETCH, *batch.items[batch.pos][:3], entry[4], batch))
             if any(e[0] == PREFETCH for e in self._heap):
                 for e in self._heap:
                     if e[0] == PREFETCH:
@@ -170,6 +200,9 @@ class Machine:
             self._retry = False
             return
         self._queued[flat] = False
+        batch.pos += 1
+        if batch.pos < len(batch.items):  # the rest waits its turn in the queue
+            heapq.heappush(self._heap, (PREFETCH, *batch.items[batch.pos][:3], entry[4], batch))
         end = self._start(flat, victim, self.env.now, "prefetch")
         yield self.env.timeout(end - self.env.now)
         self.cache.landed(flat)
