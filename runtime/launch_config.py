@@ -4,7 +4,7 @@ A file holds, per kernel ("moe_int4", "moe_bf16") and shape key "D=<hidden>,F=<m
 parameters found at measured token counts:
 
     {"device": "NVIDIA H200", "source": "<command that measured it>",
-     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 8, "blocks_per_sm": 2, "down_splits": 1}}}}}
+     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1, "k_splits": 1}}}}}
 
 Lookup takes the nearest measured token count of the exact shape; without the file or the shape it
 falls back to DEFAULT_CONFIG with a warning, once per (kernel, device, shape). `moespeq calibrate` and
@@ -34,11 +34,13 @@ KERNELS = ("moe_int4", "moe_bf16")
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """warps per block; blocks per SM of the persistent grid; splits of F in the down projection."""
+    """warps per block; blocks per SM of the persistent grid; splits of F in the down projection; warps
+    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time)."""
 
-    warps: int = 8
+    warps: int = 4
     blocks_per_sm: int = 2
     down_splits: int = 1
+    k_splits: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.warps <= MAX_WARPS:
@@ -47,6 +49,8 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.blocks_per_sm={self.blocks_per_sm}: must be at least 1")
         if not 1 <= self.down_splits <= 64:
             raise ValueError(f"LaunchConfig.down_splits={self.down_splits}: use 1..64")
+        if self.k_splits < 1 or self.warps % self.k_splits:
+            raise ValueError(f"LaunchConfig.k_splits={self.k_splits}: must divide warps={self.warps}")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

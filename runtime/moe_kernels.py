@@ -31,20 +31,15 @@ _CTR_ERROR, _CTR_ROWS = 3, 4  # counters[] layout of moe_common.cuh
 ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache slot"}
 
 
-INT4_STAGES = 4  # shared-memory stages per warp in int4_moe.cu (-D MOE_INT4_STAGES)
-_INT4_STAGE_BYTES = (4 * 32 + 4) * 16  # one 128-wide group of gate and up for 16 rows, with scales
-_OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_STAGES={INT4_STAGES}"), "expert_bf16": ("--std=c++17",)}
+INT4_DEPTH = (4, 4)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
+_OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
+            "expert_bf16": ("--std=c++17",)}
 
 
 @functools.cache
 def _module(name: str) -> cupy.RawModule:
     log.info("compiling %s.cu for the current device with %s", name, " ".join(_OPTIONS[name]))
     return cupy.RawModule(code=kernel_source(name), options=_OPTIONS[name])
-
-
-def dynamic_smem_bytes(name: str, warps: int) -> int:
-    """Dynamic shared memory of a launch: the INT4 kernel's per-warp cp.async rings, none for bf16."""
-    return warps * INT4_STAGES * _INT4_STAGE_BYTES if name == "int4_moe" else 0
 
 
 @functools.cache
@@ -71,13 +66,13 @@ def device_info() -> DeviceInfo:
 
 
 @functools.cache
-def occupancy(kernel: cupy.RawKernel, warps: int, dynamic_smem: int = 0) -> int:
+def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
     """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
     assert 32 * warps <= kernel.max_threads_per_block, (warps, kernel.max_threads_per_block)  # once per kernel and size
     dev = device_info()
     regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
     by_regs = dev.regs_per_sm // (regs_per_warp * warps)
-    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + dynamic_smem + 1024)  # 1 KiB reserved per block
+    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
     by_threads = dev.max_threads_per_sm // (32 * warps)
     return max(1, min(by_regs, by_smem, by_threads))
 
@@ -117,21 +112,12 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
     return tokens
 
 
-@functools.cache
-def _allow_dynamic_smem(kernel: cupy.RawKernel, nbytes: int) -> None:
-    """Beyond 48 KiB of shared memory a kernel must opt in, once per size."""
-    if nbytes > kernel.max_dynamic_shared_size_bytes:
-        kernel.max_dynamic_shared_size_bytes = nbytes
-
-
-def _launch_geometry(kernel: cupy.RawKernel, source: str, config: LaunchConfig,
-                     workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
+def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
     assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
-    shared_mem = dynamic_smem_bytes(source, config.warps)
-    _allow_dynamic_smem(kernel, shared_mem)
-    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps, shared_mem))
+    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
     grid = (device_info().sm_count * blocks_per_sm,)  # persistent: blocks claim work items from a ticket
     block = (32 * config.warps,)
+    shared_mem = 0  # all static: routing table and reduction scratch, ~40 KiB
     return grid, block, shared_mem
 
 
@@ -149,11 +135,11 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
         assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
         assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
     kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
-    grid, block, shared_mem = _launch_geometry(kernel, "int4_moe", config, workspace)  # + ~31 KiB static
+    grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
             experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,
             np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
-            np.int32(geo.moe_ffn), np.int32(config.down_splits), np.int32(geo.max_used_experts))
+            np.int32(geo.moe_ffn), np.int32(config.down_splits), np.int32(config.k_splits), np.int32(geo.max_used_experts))
     kernel(grid, block, args, shared_mem=shared_mem)
     return out
 
@@ -171,10 +157,10 @@ def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer:
     assert cache.slot_table.dtype == cupy.int32 and cache.slot_table.flags.c_contiguous
     assert 0 <= layer < cache.slot_table.shape[0], (layer, cache.slot_table.shape)
     kernel = get_kernel("expert_bf16", "moe_bf16_t8" if tokens <= 8 else "moe_bf16_t16")
-    grid, block, shared_mem = _launch_geometry(kernel, "expert_bf16", config, workspace)
+    grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     args = (x, topk_ids, topk_w, cache.arena, cache.slot_table, np.int32(layer), np.int32(cache.arena.shape[0]),
             out, workspace.hbuf, workspace.partial, workspace.counters, np.int32(tokens), np.int32(geo.top_k),
             np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn), np.int32(config.down_splits),
-            np.int32(geo.max_used_experts))
+            np.int32(config.k_splits), np.int32(geo.max_used_experts))
     kernel(grid, block, args, shared_mem=shared_mem)
     return out

@@ -1,7 +1,7 @@
 """Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
 
-Candidates: 4 or 8 warps per block, 1..4 blocks per SM (as many as fit), 1..8 splits of F in the down
-projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
+Candidates: 4 or 8 warps per block with 1, 2 or 4 of them per row tile, the most blocks per SM that fit
+and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
 through launch_config.write_configs.
 
 Usage:
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from moespeq.runtime.kernel_bench import LayerBench
 from moespeq.runtime.launch_config import LaunchConfig
-from moespeq.runtime.moe_kernels import dynamic_smem_bytes, get_kernel, occupancy
+from moespeq.runtime.moe_kernels import get_kernel, occupancy
 from moespeq.runtime.timing import median_time_s
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,13 @@ _FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
 def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[LaunchConfig]:
     source, small, large = _FUNCTIONS[kernel]
     fn = get_kernel(source, small if tokens <= 8 else large)
-    splits = [j for j in (1, 2, 4, 8) if j <= min(max_splits, moe_ffn // 128)]
-    return [LaunchConfig(warps, blocks, j) for warps in (4, 8)
-            for blocks in range(1, min(4, occupancy(fn, warps, dynamic_smem_bytes(source, warps))) + 1) for j in splits]
+    splits = [j for j in (1, 2, 4) if j <= min(max_splits, moe_ffn // 128)]
+    out = []
+    for warps in (4, 8):
+        most = min(4, occupancy(fn, warps))
+        out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4) for blocks in sorted({max(1, most - 1), most})
+                for j in splits]
+    return out
 
 
 def tune(lb: LayerBench, kernel: str, tokens: Sequence[int], iters: int = 20) -> dict[int, tuple[LaunchConfig, float]]:

@@ -15,7 +15,10 @@ cupy = pytest.importorskip("cupy")
 
 NAN_BITS = 0x7FC0
 TOKENS = [1, 3, 8, 9, 16]
-CONFIGS = [LaunchConfig(warps=8, blocks_per_sm=2, down_splits=1), LaunchConfig(warps=4, blocks_per_sm=3, down_splits=4)]
+CONFIGS = [LaunchConfig(warps=4, blocks_per_sm=2, down_splits=1, k_splits=1),
+           LaunchConfig(warps=8, blocks_per_sm=1, down_splits=4, k_splits=2),
+           LaunchConfig(warps=8, blocks_per_sm=1, down_splits=2, k_splits=8)]
+CONFIG_IDS = ["w4k1j1", "w8k2j4", "w8k8j2"]
 
 
 def _kernels():
@@ -88,7 +91,7 @@ def check_launch(launch, geo, x, ids, w, ref, weights_of):
     return err
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["w8b2j1", "w4b3j4"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_int4_kernel_matches_reference(name, tokens, config, int4_layers):
@@ -185,7 +188,7 @@ def bf16_weights_of(cache, layer):
     return weights_of
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["w8b2j1", "w4b3j4"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_bf16_verify_kernel_matches_cupy_matmul(name, tokens, config, bf16_caches):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
 
 GEO = ExpertGeometry(hidden=2048, moe_ffn=1408, experts=6, top_k=2)  # DeepSeek-V2-Lite expert shape
-CONFIG = LaunchConfig(warps=8, blocks_per_sm=2, down_splits=1)
+CONFIG = LaunchConfig(warps=4, blocks_per_sm=2, down_splits=1, k_splits=1)
 
 
 @pytest.fixture(scope="module")

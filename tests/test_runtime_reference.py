@@ -128,3 +128,5 @@ def test_launch_config_nearest_tokens_and_fallback(tmp_path, monkeypatch, caplog
     assert "no tuned moe_bf16 launch parameters" in caplog.text
     with pytest.raises(ValueError, match="warps=9"):
         lc.LaunchConfig(warps=9)
+    with pytest.raises(ValueError, match="k_splits=3: must divide warps=4"):
+        lc.LaunchConfig(warps=4, k_splits=3)

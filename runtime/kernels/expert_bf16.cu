@@ -55,13 +55,13 @@ struct Bf16Weights {
 
     template <int NT>
     __device__ void gate_up(float* acc, int slot, int r, const bf16_t* const* xrow, int cnt, const MoeArgs& p,
-                            int warp, int nwarps, int lane) const {
+                            int ks, int KS, int lane) const {
         const int row_words = p.D / 8, c = lane & 3, g = lane >> 2;
         const size_t matrix_words = (size_t)p.F * p.D / 8;
         const uint4* gate = arena + (size_t)slot * 3 * matrix_words + (size_t)(16 * r + g) * row_words;
         const uint4* up = gate + matrix_words;
         const bool two = NT == 2 && cnt > 8;
-        pipelined<2, GateUpStage>(warp, p.D / 64, nwarps,
+        pipelined<2, GateUpStage>(ks, p.D / 64, KS,
             [&](int kc) { return GateUpStage{load_rows(gate, row_words, kc, c), load_rows(up, row_words, kc, c)}; },
             [&](const GateUpStage& s, int kc) {
                 chunk_mma<NT>(acc, s.g, xrow, kc, c, two);
@@ -78,12 +78,12 @@ struct Bf16Weights {
 
     template <int NT>
     __device__ void down(float* acc, int slot, int r, int lo, int hi, const bf16_t* const* hrow, int cnt,
-                         const MoeArgs& p, int warp, int nwarps, int lane) const {
+                         const MoeArgs& p, int ks, int KS, int lane) const {
         const int row_words = p.F / 8, c = lane & 3, g = lane >> 2;
         const size_t matrix_words = (size_t)p.F * p.D / 8;
         const uint4* down_w = arena + (size_t)slot * 3 * matrix_words + 2 * matrix_words + (size_t)(16 * r + g) * row_words;
         const bool two = NT == 2 && cnt > 8;
-        pipelined<2, Rows>(lo + warp, hi, nwarps,
+        pipelined<2, Rows>(lo + ks, hi, KS,
             [&](int kc) { return load_rows(down_w, row_words, kc, c); },
             [&](const Rows& s, int kc) { chunk_mma<NT>(acc, s, hrow, kc, c, two); });
     }
@@ -93,8 +93,8 @@ template <int NT>
 __device__ __forceinline__ void moe_bf16(const bf16_t* x, const int* ids, const float* gw, const uint4* arena,
                                          const int* slot_table, int layer, int n_slots, bf16_t* y, bf16_t* hbuf,
                                          float* partial, int* counters, int T, int K, int E, int D, int F, int J,
-                                         int u_cap) {
-    const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, u_cap};
+                                         int KS, int u_cap) {
+    const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, KS, u_cap};
     const Bf16Weights w{arena, slot_table, layer, n_slots, E};
     moe_layer<NT>(p, w);
 }
@@ -103,9 +103,9 @@ __device__ __forceinline__ void moe_bf16(const bf16_t* x, const int* ids, const 
     extern "C" __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) NAME(                                     \
         const bf16_t* x, const int* ids, const float* gw, const uint4* arena, const int* slot_table, int layer,  \
         int n_slots, bf16_t* y, bf16_t* hbuf, float* partial, int* counters, int T, int K, int E, int D, int F,  \
-        int J, int u_cap) {                                                                                      \
+        int J, int KS, int u_cap) {                                                                              \
         moe_bf16<NT>(x, ids, gw, arena, slot_table, layer, n_slots, y, hbuf, partial, counters, T, K, E, D, F, J, \
-                     u_cap);                                                                                     \
+                     KS, u_cap);                                                                                 \
     }
 
 MOE_BF16_ENTRY(moe_bf16_t8, 1)

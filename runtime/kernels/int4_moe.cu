@@ -15,8 +15,11 @@
 
 #include "moe_common.cuh"
 
-#ifndef MOE_INT4_STAGES
-#define MOE_INT4_STAGES 4  // shared-memory stages per warp in phase 1 (twice as many in phase 2); -D to change
+#ifndef MOE_INT4_DEPTH1
+#define MOE_INT4_DEPTH1 4  // register stages of gate+up groups in flight per warp (T <= 8); -D to change
+#endif
+#ifndef MOE_INT4_DEPTH2
+#define MOE_INT4_DEPTH2 4  // register stages of down groups (T <= 8)
 #endif
 
 struct Int4Weights {
@@ -36,10 +39,19 @@ struct Int4Weights {
         for (int s = 0; s < 4; ++s) a[s] = bf16x2_fma(((w >> (4 * s)) & 0x000f000fu) | MAGIC, ONE, MINUS_136);
     }
 
-    // acc[NT][4] += scale-per-row * (q @ b) over the two chunks of one 128-wide group
+    // acc[NT][4] += scale-per-row * (q @ b) over the two chunks of one 128-wide group. The group's B loads
+    // (L1 hits, warmed by prefetch_rows) are all issued first, so their latencies overlap the dequantization.
     template <int NT>
     static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[2], unsigned scales,
                                                      const bf16_t* const* rows, int grp, int c, bool two) {
+        uint4 b[NT][2][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            if (nt == 0 || two) {
+                load_b(b[nt][0], rows[nt], 2 * grp, c);
+                load_b(b[nt][1], rows[nt], 2 * grp + 1, c);
+            }
+        }
         float t[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -52,11 +64,7 @@ struct Int4Weights {
             for (int j = 0; j < 4; ++j) dequant(word(w[kk], j), a[j]);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                if (nt == 0 || two) {
-                    uint4 xb[2];
-                    load_b(xb, rows[nt], 2 * grp + kk, c);
-                    mma_chunk(t[nt], a, xb);
-                }
+                if (nt == 0 || two) mma_chunk(t[nt], a, b[nt][kk]);
             }
         }
         const float s_lo = bf16_lo(scales), s_hi = bf16_hi(scales);
@@ -69,50 +77,39 @@ struct Int4Weights {
         }
     }
 
-    // Each warp streams its weights through a ring of MOE_INT4_STAGES shared-memory stages (cp.async), so
-    // the loads in flight cost no registers. A phase-1 stage holds one 128-wide group of gate and of up for
-    // the warp's 16 rows, a phase-2 stage one group of down; phase 2 has twice the stages in the same bytes.
-    // Each lane reads back exactly the 16-byte chunks it copied; the scale words are copied once per row
-    // pair (lanes with c == 0) and read by 4 lanes.
-    static constexpr int STAGE1_WORDS = 4 * 32 + 4;  // uint4: gate chunks 2x32, up chunks 2x32, 8+8 scale words
-    static constexpr int STAGE2_WORDS = STAGE1_WORDS / 2;  // down chunks 2x32, 8 scale words
-    static constexpr int RING_WORDS = MOE_INT4_STAGES * STAGE1_WORDS;  // per warp
+    // Register pipeline depth (weights only; B rows come from L1): fewer stages with two n-tiles, whose
+    // accumulators take the registers.
+    template <int NT> static constexpr int DEPTH1 = NT == 1 ? MOE_INT4_DEPTH1 : 2;
+    template <int NT> static constexpr int DEPTH2 = NT == 1 ? MOE_INT4_DEPTH2 : 3;
 
-    static __device__ __forceinline__ uint4* ring() {
-        extern __shared__ uint4 moe_int4_rings[];  // [warps, RING_WORDS], launched with that much dynamic smem
-        return moe_int4_rings + (threadIdx.x >> 5) * RING_WORDS;
-    }
+    struct GateUpStage { uint4 g[2], u[2]; unsigned sg, su; };
+    struct DownStage { uint4 w[2]; unsigned s; };
 
+    // ks-th of KS slices of the D reduction of row tile r: groups ks, ks + KS, ...
     template <int NT>
     __device__ void gate_up(float* acc, int e, int r, const bf16_t* const* xrow, int cnt, const MoeArgs& p,
-                            int warp, int nwarps, int lane) const {
-        const int KC = p.D / 64, G = p.D / 128, c = lane & 3, g = lane >> 2;
+                            int ks, int KS, int lane) const {
+        const int KC = p.D / 64, G = p.D / 128, c = lane & 3;
         const size_t tile = (size_t)e * (p.F / 16) + r;
         const uint4* gq = gate_q + tile * KC * 32 + lane;
         const uint4* uq = up_q + tile * KC * 32 + lane;
-        const unsigned* gs = gate_s + tile * G * 8 + g;
-        const unsigned* us = up_s + tile * G * 8 + g;
+        const unsigned* gs = gate_s + tile * G * 8 + (lane >> 2);
+        const unsigned* us = up_s + tile * G * 8 + (lane >> 2);
         const bool two = NT == 2 && cnt > 8;
-        uint4* base = ring();
-        pipelined_async<MOE_INT4_STAGES>(warp, G, nwarps,
-            [&](int grp, int stage) {
-                uint4* st = base + stage * STAGE1_WORDS;
-                cp_async16(st + lane, gq + (2 * grp) * 32);
-                cp_async16(st + 32 + lane, gq + (2 * grp + 1) * 32);
-                cp_async16(st + 64 + lane, uq + (2 * grp) * 32);
-                cp_async16(st + 96 + lane, uq + (2 * grp + 1) * 32);
-                if (c == 0) {
-                    unsigned* sc = reinterpret_cast<unsigned*>(st + 128);
-                    cp_async4(sc + g, gs + grp * 8);
-                    cp_async4(sc + 8 + g, us + grp * 8);
-                }
+        pipelined<DEPTH1<NT>, GateUpStage>(ks, G, KS,
+            [&](int grp) {
+                GateUpStage s;
+                s.g[0] = ld_stream(gq + (2 * grp) * 32);
+                s.g[1] = ld_stream(gq + (2 * grp + 1) * 32);
+                s.u[0] = ld_stream(uq + (2 * grp) * 32);
+                s.u[1] = ld_stream(uq + (2 * grp + 1) * 32);
+                s.sg = ld_stream32(gs + grp * 8);
+                s.su = ld_stream32(us + grp * 8);
+                return s;
             },
-            [&](int stage, int grp) {
-                const uint4* st = base + stage * STAGE1_WORDS;
-                const unsigned* sc = reinterpret_cast<const unsigned*>(st + 128);
-                const uint4 wg[2] = {st[lane], st[32 + lane]}, wu[2] = {st[64 + lane], st[96 + lane]};
-                group_mma<NT>(acc, wg, sc[g], xrow, grp, c, two);
-                group_mma<NT>(acc + NT * 4, wu, sc[8 + g], xrow, grp, c, two);
+            [&](const GateUpStage& s, int grp) {
+                group_mma<NT>(acc, s.g, s.sg, xrow, grp, c, two);
+                group_mma<NT>(acc + NT * 4, s.u, s.su, xrow, grp, c, two);
             });
     }
 
@@ -125,25 +122,21 @@ struct Int4Weights {
 
     template <int NT>
     __device__ void down(float* acc, int e, int r, int lo_chunk, int hi_chunk, const bf16_t* const* hrow, int cnt,
-                         const MoeArgs& p, int warp, int nwarps, int lane) const {
-        const int KC = p.F / 64, G = p.F / 128, c = lane & 3, g = lane >> 2;
+                         const MoeArgs& p, int ks, int KS, int lane) const {
+        const int KC = p.F / 64, G = p.F / 128, c = lane & 3;
         const size_t tile = (size_t)e * (p.D / 16) + r;
         const uint4* dq = down_q + tile * KC * 32 + lane;
-        const unsigned* ds = down_s + tile * G * 8 + g;
+        const unsigned* ds = down_s + tile * G * 8 + (lane >> 2);
         const bool two = NT == 2 && cnt > 8;
-        uint4* base = ring();
-        pipelined_async<2 * MOE_INT4_STAGES>(lo_chunk / 2 + warp, hi_chunk / 2, nwarps,
-            [&](int grp, int stage) {
-                uint4* st = base + stage * STAGE2_WORDS;
-                cp_async16(st + lane, dq + (2 * grp) * 32);
-                cp_async16(st + 32 + lane, dq + (2 * grp + 1) * 32);
-                if (c == 0) cp_async4(reinterpret_cast<unsigned*>(st + 64) + g, ds + grp * 8);
+        pipelined<DEPTH2<NT>, DownStage>(lo_chunk / 2 + ks, hi_chunk / 2, KS,
+            [&](int grp) {
+                DownStage s;
+                s.w[0] = ld_stream(dq + (2 * grp) * 32);
+                s.w[1] = ld_stream(dq + (2 * grp + 1) * 32);
+                s.s = ld_stream32(ds + grp * 8);
+                return s;
             },
-            [&](int stage, int grp) {
-                const uint4* st = base + stage * STAGE2_WORDS;
-                const uint4 w[2] = {st[lane], st[32 + lane]};
-                group_mma<NT>(acc, w, reinterpret_cast<const unsigned*>(st + 64)[g], hrow, grp, c, two);
-            });
+            [&](const DownStage& s, int grp) { group_mma<NT>(acc, s.w, s.s, hrow, grp, c, two); });
     }
 };
 
@@ -152,8 +145,8 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
                                          const unsigned* gate_s, const uint4* up_q, const unsigned* up_s,
                                          const uint4* down_q, const unsigned* down_s, bf16_t* y, bf16_t* hbuf,
                                          float* partial, int* counters, int T, int K, int E, int D, int F, int J,
-                                         int u_cap) {
-    const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, u_cap};
+                                         int KS, int u_cap) {
+    const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, KS, u_cap};
     const Int4Weights w{gate_q, gate_s, up_q, up_s, down_q, down_s};
     moe_layer<NT>(p, w);
 }
@@ -163,9 +156,10 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
     extern "C" __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) NAME(                                      \
         const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q, const unsigned* gate_s,           \
         const uint4* up_q, const unsigned* up_s, const uint4* down_q, const unsigned* down_s, bf16_t* y,          \
-        bf16_t* hbuf, float* partial, int* counters, int T, int K, int E, int D, int F, int J, int u_cap) {      \
+        bf16_t* hbuf, float* partial, int* counters, int T, int K, int E, int D, int F, int J, int KS,           \
+        int u_cap) {                                                                                              \
         moe_int4<NT>(x, ids, gw, gate_q, gate_s, up_q, up_s, down_q, down_s, y, hbuf, partial, counters, T, K, E, \
-                     D, F, J, u_cap);                                                                             \
+                     D, F, J, KS, u_cap);                                                                         \
     }
 
 MOE_INT4_ENTRY(moe_int4_t8, 1)

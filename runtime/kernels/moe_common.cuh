@@ -9,12 +9,16 @@
 //             use in first-occurrence order (u = 0..U-1), and per expert its tokens (ascending) and weights.
 //             This is the paper's computation reordering: each expert's weights are read once, for the
 //             tokens routed to it, which are gathered into the tensor-core N dimension.
-//   phase 1   item (u, r): 16 rows r of gate and up of expert u for its tokens, SiLU(g)*u rounded to bf16
-//             into h[u, n, F]. The block's warps split the D reduction; a fixed-order shared-memory sum.
-//   phase 2   item (u, r, j): 16 rows of down for split j of F, weighted by the gate weights, written as a
-//             dense [16 rows x 16 tokens] fp32 partial. An integer ticket per row tile elects the last
-//             arriving block, which sums the partials in (u, j) order and writes y: deterministic, no
-//             floating-point atomics.
+//   A block of W warps works on W/KS 16-row tiles at a time, KS warps per tile splitting its reduction
+//   (k_splits, a launch parameter: KS = 1 lets a warp stream a whole row tile with no cross-warp sum;
+//   larger KS gives more, smaller pieces for small layers). Partial sums of a tile's KS warps are added in
+//   fixed warp order through shared memory.
+//   phase 1   item (u, r0): row tiles r0*W/KS.. of gate and up of expert u for its tokens, SiLU(g)*u
+//             rounded to bf16 into h[u, n, F].
+//   phase 2   item (u, r0, j): row tiles of down for split j of F, weighted by the gate weights, each
+//             written as a dense [16 rows x 16 tokens] fp32 partial. An integer ticket per row tile elects
+//             the last arriving warp, which sums the partials in (u, j) order and writes y: deterministic,
+//             no floating-point atomics.
 // Items are claimed from one integer ticket counter in order, phase 1 first, both expert-major. A block
 // that reaches a phase-2 item of expert u waits until u's phase-1 items are done (so one expert's down
 // projection overlaps the next experts' gate/up); those items were claimed earlier by running blocks, so
@@ -36,7 +40,7 @@ typedef unsigned short bf16_t;
 #define MOE_TILE 256          // 16 rows x 16 tokens of one phase-2 partial
 
 // counters[]: ticket, (unused), blocks exited, error flags, then one ticket per 16-row tile of D, then the
-// phase-1 items done per expert in use
+// phase-1 row tiles done per expert in use
 #define CTR_TICKET 0
 #define CTR_EXITED 2
 #define CTR_ERROR 3
@@ -63,7 +67,7 @@ struct MoeArgs {
     bf16_t* hbuf;         // [u_cap, 16, F]
     float* partial;       // [D/16, u_cap, J, 256]
     int* counters;        // [4 + D/16 + u_cap]
-    int T, K, E, D, F, J, u_cap;
+    int T, K, E, D, F, J, KS, u_cap;
 };
 
 // ---- small device helpers -------------------------------------------------------------------------------
@@ -146,52 +150,6 @@ __device__ __forceinline__ void mma_chunk(float* d, const unsigned (&a)[4][4], c
 __device__ __forceinline__ void load_b(uint4 (&xb)[2], const bf16_t* row, int kc, int c) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) xb[h] = ld_const(reinterpret_cast<const uint4*>(row + 64 * kc + 32 * h + 8 * c));
-}
-
-// ---- asynchronous global -> shared copies (cp.async): loads in flight that hold no registers ----------------
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {  // streamed: L2 only
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
-
-// Work units first, first+step, ... < end of one warp through a ring of STAGES shared-memory stages:
-// issue(unit, stage) starts the unit's copies, compute(stage, unit) consumes them once landed. STAGES - 1
-// units are in flight while one is computed; every iteration commits one (possibly empty) copy group, so
-// "all but the newest STAGES - 1 groups landed" means the unit being computed has landed.
-template <int STAGES, class Issue, class Compute>
-__device__ __forceinline__ void pipelined_async(int first, int end, int step, Issue issue, Compute compute) {
-#pragma unroll
-    for (int k = 0; k < STAGES - 1; ++k) {
-        if (first + k * step < end) issue(first + k * step, k);
-        cp_async_commit();
-    }
-    int stage = 0;
-    for (int i = first; i < end; i += step) {
-        const int ahead = i + (STAGES - 1) * step;
-        if (ahead < end) issue(ahead, stage == 0 ? STAGES - 1 : stage - 1);  // the stage computed last iteration
-        cp_async_commit();
-        cp_async_wait<STAGES - 1>();
-        __syncwarp();  // lanes read words that other lanes copied (the scales)
-        compute(stage, i);
-        __syncwarp();  // everyone is done with this stage before it is refilled
-        stage = stage + 1 == STAGES ? 0 : stage + 1;
-    }
-    cp_async_wait<0>();
 }
 
 // Warm L1 with B rows n < rows (row_of(n) points at one), chunks [lo, hi): one 128-byte line per chunk and
@@ -281,43 +239,46 @@ __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) 
 // ---- the persistent item loop -------------------------------------------------------------------------------
 
 struct Scratch {
-    float red[MOE_MAX_WARPS][32][16];  // per-warp fragments for the fixed-order block reduction
-    float tile[MOE_TILE];              // phase-2 partial in token space
+    float red[MOE_MAX_WARPS][32][16];    // per-warp fragments for the fixed-order reduction over k splits
+    float tile[MOE_MAX_WARPS][MOE_TILE];  // per-warp phase-2 partial in token space
     int ticket;
-    int last;
 };
 
-// Fixed-order sum over warps of `n` floats per lane; result valid in warp 0.
-__device__ __forceinline__ void block_sum(Scratch& S, float* v, int n) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+// Fixed-order sum of `n` floats per lane over the KS warps of each row tile; the result is valid in the
+// tile's first warp (k split 0). A barrier for the whole block, skipped when KS == 1 (uniform).
+__device__ __forceinline__ void ksplit_sum(Scratch& S, float* v, int n, int KS) {
+    if (KS == 1) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int i = 0; i < n; ++i) S.red[warp][lane][i] = v[i];
     __syncthreads();
-    if (warp == 0) {
+    if (warp % KS == 0) {
         for (int i = 0; i < n; ++i) {
-            float s = S.red[0][lane][i];
-            for (int w = 1; w < nwarps; ++w) s += S.red[w][lane][i];
+            float s = S.red[warp][lane][i];
+            for (int k = 1; k < KS; ++k) s += S.red[warp + k][lane][i];
             v[i] = s;
         }
     }
 }
 
 template <int NT, class Weights>
-__device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int g = lane >> 2, c = lane & 3, cnt = R.count[u];
+__device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
+    const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
+    const int r = r0 * tiles + warp / p.KS;
+    const bool active = r < p.F / 16;  // the last item of an expert may be partial
+    prefetch_rows([&](int n) { return p.x + (size_t)R.token[u][n] * p.D; }, cnt, 0, p.D / 64);
     const bf16_t* xrow[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const int n = min(8 * nt + g, cnt - 1);
         xrow[nt] = p.x + (size_t)R.token[u][n] * p.D;
     }
-    prefetch_rows([&](int n) { return p.x + (size_t)R.token[u][n] * p.D; }, cnt, 0, p.D / 64);
     float acc[2 * NT * 4];  // gate fragments [NT][4], then up fragments [NT][4]
 #pragma unroll
     for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
-    if (R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, warp, nwarps, lane);
-    block_sum(S, acc, 2 * NT * 4);
-    if (warp == 0) {
+    if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane);
+    ksplit_sum(S, acc, 2 * NT * 4, p.KS);
+    if (ks == 0 && active) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -333,56 +294,85 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
         __threadfence();  // h visible device-wide before the completion count says so
     }
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], 1);
+    if (threadIdx.x == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], min(tiles, p.F / 16 - r0 * tiles));
+}
+
+// The last warp to finish row tile r: sum its n_used * J partials in (u, j) order, write y, re-arm the ticket.
+__device__ void reduce_row_tile(const MoeArgs& p, int r, int n_used) {
+    const int lane = threadIdx.x & 31, parts = n_used * p.J;
+    const float* src = p.partial + (size_t)r * p.u_cap * p.J * MOE_TILE + 8 * lane;
+    float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int q0 = 0; q0 < parts; q0 += 2) {  // two partials' loads in flight before their sums
+        float v[2][8];
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            if (q0 + k < parts) {
+#pragma unroll
+                for (int m = 0; m < 8; ++m) v[k][m] = ld_l2f(src + (size_t)(q0 + k) * MOE_TILE + m);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+            if (q0 + k < parts) {
+#pragma unroll
+                for (int m = 0; m < 8; ++m) sum[m] += v[k][m];
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+        const int i = 8 * lane + m, row = i >> 4, t = i & 15;
+        if (t < p.T) p.y[(size_t)t * p.D + 16 * r + row] = f32_to_bf16(sum[m]);
+    }
+    if (lane == 0) p.counters[CTR_ROWS + r] = 0;
 }
 
 template <int NT, class Weights>
-__device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int r, int u, int j) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-    const int g = lane >> 2, c = lane & 3, cnt = R.count[u];
-    for (int i = tid; i < MOE_TILE; i += blockDim.x) S.tile[i] = 0.0f;
+__device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0, int j) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
+    const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
+    const int r = r0 * tiles + warp / p.KS;
+    const bool active = r < p.D / 16;
+    int lo, hi;  // this split's 64-wide chunks of F
+    Weights::split(p.F / 64, p.J, j, lo, hi);
+    prefetch_rows([&](int n) { return p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F; }, cnt, lo, hi);
     const bf16_t* hrow[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const int n = min(8 * nt + g, cnt - 1);
         hrow[nt] = p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F;
     }
-    int lo, hi;  // this split's 64-wide chunks of F
-    Weights::split(p.F / 64, p.J, j, lo, hi);
-    prefetch_rows([&](int n) { return p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F; }, cnt, lo, hi);
     float acc[NT * 4];
 #pragma unroll
     for (int i = 0; i < NT * 4; ++i) acc[i] = 0.0f;
-    if (R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, lo, hi, hrow, cnt, p, warp, nwarps, lane);
-    block_sum(S, acc, NT * 4);  // its barrier also orders the tile zeroing above
-    if (warp == 0) {
+    if (active && R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, lo, hi, hrow, cnt, p, ks, p.KS, lane);
+    ksplit_sum(S, acc, NT * 4, p.KS);
+    if (ks != 0 || !active) return;
+    // the row tile's first warp: its weighted fragments into a dense token-space tile, then the partial
+    float* tile = S.tile[warp];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+    for (int m = 0; m < 8; ++m) tile[8 * lane + m] = 0.0f;
+    __syncwarp();
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int n = 8 * nt + 2 * c + (i & 1);
-                if (n < cnt) S.tile[(g + 8 * (i >> 1)) * 16 + R.token[u][n]] = R.weight[u][n] * acc[nt * 4 + i];
-            }
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int n = 8 * nt + 2 * c + (i & 1);
+            if (n < cnt) tile[(g + 8 * (i >> 1)) * 16 + R.token[u][n]] = R.weight[u][n] * acc[nt * 4 + i];
         }
     }
-    __syncthreads();
-    float* dst = p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE;
-    for (int i = tid; i < MOE_TILE; i += blockDim.x) dst[i] = S.tile[i];
+    __syncwarp();
+    float* dst = p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE + 8 * lane;
+#pragma unroll
+    for (int m = 0; m < 8; ++m) dst[m] = tile[8 * lane + m];
     __threadfence();
-    __syncthreads();
-    if (tid == 0) S.last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
-    __syncthreads();
-    if (!S.last) return;
-    // last arrival for row tile r: sum every partial in (u, j) order, write y, re-arm the row ticket
-    __threadfence();
-    const float* src = p.partial + (size_t)r * p.u_cap * p.J * MOE_TILE;
-    for (int i = tid; i < MOE_TILE; i += blockDim.x) {
-        float s = 0.0f;
-        for (int q = 0; q < R.n_used * p.J; ++q) s += ld_l2f(src + (size_t)q * MOE_TILE + i);
-        const int row = i >> 4, t = i & 15;
-        if (t < p.T) p.y[(size_t)t * p.D + 16 * r + row] = f32_to_bf16(s);
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
+    if (__shfl_sync(0xffffffffu, last, 0)) {
+        __threadfence();
+        reduce_row_tile(p, r, R.n_used);
     }
-    if (tid == 0) p.counters[CTR_ROWS + r] = 0;
 }
 
 template <int NT, class Weights>
@@ -392,19 +382,20 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     const int tid = threadIdx.x;
     if (tid == 0) S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
     build_routing(R, p, wts);  // ends with a barrier, which also publishes S.ticket
-    const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16;
-    const int n_p1 = n_used * FT, n_p2 = n_used * DT * p.J, total = n_p1 + n_p2;
-    int* p1_done = p.counters + CTR_ROWS + DT;  // [U] phase-1 items finished per expert in use
+    const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16, tiles = (blockDim.x >> 5) / p.KS;
+    const int items1 = (FT + tiles - 1) / tiles, items2 = (DT + tiles - 1) / tiles;  // per expert (and split)
+    const int n_p1 = n_used * items1, n_p2 = n_used * items2 * p.J, total = n_p1 + n_p2;
+    int* p1_done = p.counters + CTR_ROWS + DT;  // [U] phase-1 row tiles finished per expert in use
     int ticket = S.ticket;
-    int ready_u = -1;  // experts below this have finished phase 1 (tickets only grow, so u never decreases)
+    int ready_u = -1;  // experts up to this one have finished phase 1 (tickets only grow, so u never decreases)
     while (ticket < total) {
         __syncthreads();  // everyone has read S.ticket
         int next = 0;
         if (tid == 0) next = atomicAdd(&p.counters[CTR_TICKET], 1);  // claimed early: its latency overlaps the item
         if (ticket < n_p1) {
-            phase1_item<NT>(R, S, p, wts, ticket / FT, ticket % FT);
+            phase1_item<NT>(R, S, p, wts, ticket / items1, ticket % items1);
         } else {
-            const int q = ticket - n_p1, per_expert = DT * p.J, u = q / per_expert;
+            const int q = ticket - n_p1, per_expert = items2 * p.J, u = q / per_expert;
             if (u > ready_u) {
                 if (tid == 0) {
                     while (ld_acquire(&p1_done[u]) < FT) __nanosleep(64);
@@ -412,7 +403,7 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
                 __syncthreads();
                 ready_u = u;
             }
-            phase2_item<NT>(R, S, p, wts, (q % per_expert) / p.J, u, q % p.J);
+            phase2_item<NT>(R, S, p, wts, u, (q % per_expert) / p.J, q % p.J);
         }
         if (tid == 0) S.ticket = next;
         __syncthreads();
