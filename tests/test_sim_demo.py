@@ -22,7 +22,7 @@ def test_baselines_order_as_in_the_paper(tpot):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured on the demo trace, a100-40g-pcie4, 36GiB: speq 261.7 ms/token (also behind lru-sc), lru-sm 169.6, lru-sc 253.6, "
+    "measured on the demo trace, a100-40g-pcie4, 36GiB: speq 265.5 ms/token (speq-static 262.6; both behind lru-sc too), lru-sm 169.6, lru-sc 253.6, "
     "hf-offload 3232. speq's INT4 draft (19.3 GiB) leaves it 86 cache slots against lru-sm's 218, and each "
     "cycle needs ~220 distinct experts (k+1 tokens x 2 of 16 per layer, rejected tokens included), so the cache "
     "cannot carry them across cycles (hit rate 22 % vs 60 %); the link is busy >99 % of the time in every "

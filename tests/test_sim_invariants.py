@@ -128,3 +128,18 @@ def test_roofline_theta_matches_simulated_throughput(trace, k):
 def test_budget_layout_feeds_slots(trace):
     r = _sim(trace, "lru-sm", budget=30 * GIB)
     assert r.metrics["memory"] == plan_memory(BudgetConfig(model=PHI, budget_bytes=30 * GIB, system="lru-sm")).to_dict()
+
+
+def test_target_only_traces_get_synthesized_lookahead_and_say_so(trace):
+    seq = trace.sequences[0]
+    n = seq.n_tokens
+    empty = {"draft_tokens": np.zeros((n, 0), np.int64), "draft_ids": np.zeros((n, 0, 32, 2), np.int16),
+             "draft_weights": np.zeros((n, 0, 32, 2), np.float32), "verify_ids": np.zeros((n, 0, 32, 2), np.int16),
+             "verify_weights": np.zeros((n, 0, 32, 2), np.float32)}
+    imported = dataclasses.replace(trace, meta=dataclasses.replace(trace.meta, lookahead=False, k_max=0,
+                                                                   routing_source="import:test"),
+                                   sequences=[dataclasses.replace(seq, **empty)])
+    speq = _sim(imported, "speq")
+    assert speq.routing_source.startswith("import:test+synthetic-lookahead(") and speq.metrics["mean_k"] > 0
+    lru = _sim(imported, "lru-sm")
+    assert lru.routing_source == "import:test" and lru.metrics["tokens"] == n - 1
