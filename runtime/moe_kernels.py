@@ -31,7 +31,7 @@ _CTR_ERROR, _CTR_ROWS = 3, 4  # counters[] layout of moe_common.cuh
 ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache slot"}
 
 
-INT4_DEPTH = (4, 4)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
+INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
 _OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
             "expert_bf16": ("--std=c++17",)}
 

@@ -16,10 +16,10 @@
 #include "moe_common.cuh"
 
 #ifndef MOE_INT4_DEPTH1
-#define MOE_INT4_DEPTH1 4  // register stages of gate+up groups in flight per warp (T <= 8); -D to change
-#endif
+#define MOE_INT4_DEPTH1 2  // register stages of gate+up groups per warp (T <= 8); -D to change. Deeper
+#endif                     // stages cost occupancy, which measured worse (runtime/results/README.md)
 #ifndef MOE_INT4_DEPTH2
-#define MOE_INT4_DEPTH2 4  // register stages of down groups (T <= 8)
+#define MOE_INT4_DEPTH2 2  // register stages of down groups (T <= 8)
 #endif
 
 struct Int4Weights {
@@ -39,19 +39,12 @@ struct Int4Weights {
         for (int s = 0; s < 4; ++s) a[s] = bf16x2_fma(((w >> (4 * s)) & 0x000f000fu) | MAGIC, ONE, MINUS_136);
     }
 
-    // acc[NT][4] += scale-per-row * (q @ b) over the two chunks of one 128-wide group. The group's B loads
-    // (L1 hits, warmed by prefetch_rows) are all issued first, so their latencies overlap the dequantization.
+    // acc[NT][4] += scale-per-row * (q @ b) over the two chunks of one 128-wide group. B rows are L1 hits
+    // (prefetch_rows); loading them per chunk rather than all up front keeps the kernel at <= 128 registers,
+    // and occupancy mattered more than the hoist in measurements (runtime/results/README.md).
     template <int NT>
     static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[2], unsigned scales,
                                                      const bf16_t* const* rows, int grp, int c, bool two) {
-        uint4 b[NT][2][2];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            if (nt == 0 || two) {
-                load_b(b[nt][0], rows[nt], 2 * grp, c);
-                load_b(b[nt][1], rows[nt], 2 * grp + 1, c);
-            }
-        }
         float t[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -64,7 +57,11 @@ struct Int4Weights {
             for (int j = 0; j < 4; ++j) dequant(word(w[kk], j), a[j]);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                if (nt == 0 || two) mma_chunk(t[nt], a, b[nt][kk]);
+                if (nt == 0 || two) {
+                    uint4 b[2];
+                    load_b(b, rows[nt], 2 * grp + kk, c);
+                    mma_chunk(t[nt], a, b);
+                }
             }
         }
         const float s_lo = bf16_lo(scales), s_hi = bf16_hi(scales);
@@ -77,10 +74,9 @@ struct Int4Weights {
         }
     }
 
-    // Register pipeline depth (weights only; B rows come from L1): fewer stages with two n-tiles, whose
-    // accumulators take the registers.
+    // Register pipeline depth (weights only; B rows come from L1).
     template <int NT> static constexpr int DEPTH1 = NT == 1 ? MOE_INT4_DEPTH1 : 2;
-    template <int NT> static constexpr int DEPTH2 = NT == 1 ? MOE_INT4_DEPTH2 : 3;
+    template <int NT> static constexpr int DEPTH2 = NT == 1 ? MOE_INT4_DEPTH2 : 2;
 
     struct GateUpStage { uint4 g[2], u[2]; unsigned sg, su; };
     struct DownStage { uint4 w[2]; unsigned s; };
