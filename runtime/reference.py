@@ -39,7 +39,7 @@ def moe_reference(x: Any, topk_ids: Any, topk_w: Any, weights_of: WeightsOf) -> 
 
 def array_to_list(a: Any) -> list:
     """Routing ids as a Python list (a device read for CuPy arrays: references only)."""
-    return a.ravel().tolist()
+    return a.ravel().tolist()  # SYNC: the reference loops over experts on the host; never used by the kernels
 
 
 def moe_int4_reference(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts) -> Any:
@@ -59,7 +59,7 @@ def moe_bf16_reference(x: Any, topk_ids: Any, topk_w: Any, arena: Any, slot_tabl
     f = arena.shape[1] // (3 * d)
 
     def weights_of(e: int) -> tuple[Any, Any, Any]:
-        slot = int(slot_table[layer, e])
+        slot = int(slot_table[layer, e])  # SYNC: reference only (a device read per expert for CuPy arrays)
         if slot < 0:
             raise ValueError(f"expert {e} of layer {layer} is not in the cache")
         w = from_bf16(arena[slot])
