@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from moespeq.analysis import plots
-from moespeq.analysis.report import MEMORY_FILE, ROUTING_FILE
+from moespeq.analysis.report import MEMORY_FILE, ROOFLINE_FILE, ROUTING_FILE, SYSTEMS_FILE
 
 
 def _expert_load(fig: Any, data: dict[str, Any]) -> str:
@@ -40,7 +40,28 @@ def _acceptance(fig: Any, data: dict[str, Any]) -> str:
 def _memory(fig: Any, data: dict[str, Any]) -> str:
     memory = data[MEMORY_FILE]
     plots.memory_stack(fig.subplots(), memory["layouts"])
-    return f"GPU memory by component at {memory['budget_bytes'] / 1e9:.0f} GB for {memory['model']} (paper Table 2)"
+    return f"GPU memory by component at {memory['budget_bytes'] / 2**30:.0f} GiB for {memory['model']} (paper Table 2)"
+
+
+def _setting(data: dict[str, Any]) -> str:
+    return f"{data['hardware']}, {data['budget_bytes'] / 2**30:.0f} GiB"
+
+
+def _systems(fig: Any, data: dict[str, Any]) -> str:
+    sims = data[SYSTEMS_FILE]
+    names = list(sims["systems"])
+    ax_tpot, ax_hit = fig.subplots(1, 2)
+    plots.system_bars(ax_tpot, names, [sims["systems"][n]["tpot_ms"] for n in names], "TPOT (ms per token, log)",
+                      log=True)
+    plots.system_bars(ax_hit, names, [100 * sims["systems"][n]["hit_rate"] for n in names],
+                      "per-step expert cache hit rate (%)")
+    return f"Simulated decoding per system ({_setting(sims)}; paper Fig. 13, Table 3)"
+
+
+def _roofline(fig: Any, data: dict[str, Any]) -> str:
+    roof = data[ROOFLINE_FILE]
+    plots.roofline_plot(fig.subplots(), roof["points"])
+    return f"Amortization Roofline of draft lengths k ({_setting(roof)}; paper Fig. 8)"
 
 
 FIGURES: dict[str, tuple[tuple[str, ...], Callable[[Any, dict[str, Any]], str]]] = {
@@ -48,6 +69,8 @@ FIGURES: dict[str, tuple[tuple[str, ...], Callable[[Any, dict[str, Any]], str]]]
     "draft_agreement.png": ((ROUTING_FILE,), _agreement),
     "acceptance.png": ((ROUTING_FILE,), _acceptance),
     "memory.png": ((MEMORY_FILE,), _memory),
+    "systems.png": ((SYSTEMS_FILE,), _systems),
+    "roofline.png": ((ROOFLINE_FILE,), _roofline),
 }
 
 

@@ -79,3 +79,38 @@ def memory_stack(ax: Axes, layouts: Mapping[str, Mapping[str, float]]) -> list:
     ax.tick_params(axis="x", rotation=30)
     ax.legend(fontsize="small")
     return artists
+
+
+def system_bars(ax: Axes, names: Sequence[str], values: Sequence[float], label: str, log: bool = False) -> object:
+    """One horizontal bar per system, its value written beside it (paper Fig. 13's TPOT per system)."""
+    bars = ax.barh(names, values, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], padding=2, fontsize="small")
+    ax.invert_yaxis()  # first system on top, in the order given
+    ax.set_xlabel(label)
+    if log:
+        ax.set_xscale("log")
+    return bars
+
+
+def roofline_plot(ax: Axes, points: Sequence[Mapping[str, float]]) -> list:
+    """Amortization Roofline (paper Fig. 8), log-log: each k at (I_amort, Theta), model and simulated.
+
+    The I/O roof is I_amort x B_PCIe; each k has its own compute roof (I/O fully hidden), drawn as a
+    short bar at that k's intensity.
+    """
+    intensity = np.array([p["i_amort_tok_per_gb"] for p in points])
+    bandwidth_gb_s = points[0]["io_roof_tok_s"] / points[0]["i_amort_tok_per_gb"]
+    span = np.geomspace(intensity.min() / 4, intensity.max() * 4, 50)
+    artists = ax.loglog(span, span * bandwidth_gb_s, "k--", label=f"I/O roof ({bandwidth_gb_s:.3g} GB/s)")
+    artists += ax.plot(intensity, [p["compute_roof_tok_s"] for p in points], "_", color="tab:red", markersize=14,
+                       label="compute roof of each k")
+    artists += ax.plot(intensity, [p["theta_tok_s"] for p in points], "o", color="tab:blue", label="model Θ(k)")
+    artists += ax.plot(intensity, [p["simulated_tok_s"] for p in points], "x", color="tab:orange",
+                       label="simulated, static k")
+    for p in points:
+        ax.annotate(f"{p['k']}", (p["i_amort_tok_per_gb"], p["theta_tok_s"]), textcoords="offset points",
+                    xytext=(0, 6 if p["k"] % 2 else -12), fontsize="x-small", ha="center")
+    ax.set_xlabel("amortization intensity I_amort (tokens per GB moved over PCIe); numbers: draft length k")
+    ax.set_ylabel("throughput (tokens/s)")
+    ax.legend(fontsize="small", loc="upper left")
+    return artists

@@ -4,6 +4,7 @@ import pytest
 
 from moespeq.analysis.figures import FIGURES
 from moespeq.cli import main
+from moespeq.sim.systems import SYSTEMS
 
 
 def test_report_then_figures(tmp_path, capsys):
@@ -14,6 +15,13 @@ def test_report_then_figures(tmp_path, capsys):
     assert len(routing["expert_counts"]) == 32 and len(routing["expert_counts"][0]) == 16
     memory = json.loads((results / "memory.json").read_text())
     assert set(memory["layouts"]) | set(memory["skipped"]) >= {"speq", "lru-sm", "lru-sc", "hf-offload"}
+    systems = json.loads((results / "systems.json").read_text())
+    assert list(systems["systems"]) == list(SYSTEMS)
+    capsys.readouterr()
+    assert main(["simulate", "--systems", "lru-sc", "--json"]) == 0  # the report's numbers are simulate's
+    assert json.loads(capsys.readouterr().out)["systems"]["lru-sc"] == systems["systems"]["lru-sc"]
+    points = json.loads((results / "roofline.json").read_text())["points"]
+    assert [p["k"] for p in points] == list(range(len(points))) and len(points) > 1
     assert main(["figures", "--results", str(results), "--out", str(figs)]) == 0
     for name in FIGURES:
         assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
