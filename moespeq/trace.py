@@ -238,7 +238,7 @@ def _read_table(path: Path) -> tuple[pa.Table, TraceMeta]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such trace file") from None
     except _READ_ERRORS as exc:
-        raise UserError(f"{path}: not a moespeq trace (unreadable Parquet: {str(exc).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a moespeq trace (unreadable Parquet: {_first_sentence(str(exc))})") from None
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise UserError(f"{path}: not a moespeq trace (no '{META_KEY.decode()}' metadata in the Parquet file)")
@@ -284,6 +284,14 @@ def _sequence_from_columns(meta: TraceMeta, i: int, n_prompt: int, n_tokens: int
     seq = SequenceTrace(**arrays)
     validate_sequence(meta, seq, f"{path}: sequence {i}")
     return seq
+
+
+def _first_sentence(message: str, limit: int = 160) -> str:
+    """A library's error cut to its first sentence, so the one-line error ends where a thought ends."""
+    line = message.splitlines()[0] if message else "no detail"
+    end = line.find(". ")
+    line = line[: end + 1] if end >= 0 else line
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def read_trace(path: str | Path) -> LookaheadTrace:
