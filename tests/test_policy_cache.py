@@ -76,6 +76,36 @@ def test_lookahead_protects_elb_experts_and_refuses_prefetch_over_sooner_needs()
     assert cache.reserve(0 * experts + 1, demand=True) == (OK, 0)
 
 
+def test_lookahead_without_predictions_falls_back_to_lru_at_each_experts_next_opportunity():
+    # One pool of 3 slots over 3 layers, an empty ELB (k = 0). Step 0 uses (0,0) (1,0) (2,0); step 1 uses
+    # (0,1) at layer 0 (evicting (0,0), the oldest), then layer 1 needs (1,1) and (1,2). By the access
+    # clock (and by decayed frequency) (0,1), just used, outranks (2,0), used a step ago; but (0,1) cannot
+    # be used again before step 2 while (2,0) can be used at layer 2 of this step, so at their next
+    # opportunities both are one step old and the farther one, (0,1), goes. Plain recency or frequency
+    # first evicted (2,0), which made speq at k = 0 worse than per-layer LRU at the same slots.
+    layers, experts = 3, 3
+    elb = ExpertLookaheadBuffer(layers, experts)
+    cache = ExpertCache(layers, experts, [3], make_eviction("lookahead", layers, experts, elb=elb))
+    elb.start(k=0)
+
+    def use(step, layer, expert):
+        cache.progress(step, layer)
+        flat = layer * experts + expert
+        cache.access(layer, np.array([expert]))
+        if cache.state[flat] == ABSENT:
+            _load(cache, flat)
+        return flat
+
+    for layer in range(layers):
+        use(0, layer, 0)
+    use(1, 0, 1)
+    assert cache.state[0] == ABSENT  # (0,0) went first: two steps old at its next opportunity
+    cache.progress(1, 1)
+    cache.access(1, np.array([1, 2]))
+    granted, victims = cache.reserve_many(np.array([1 * experts + 1, 1 * experts + 2]))
+    assert granted == 2
+    assert victims == [1 * experts + 0, 0 * experts + 1]  # (1,0), then (0,1); (2,0) stays for layer 2
+
 def test_belady_evicts_the_expert_used_farthest_in_the_future():
     need = np.zeros((4, 1, 3), dtype=bool)  # steps x layers x experts
     need[0, 0, [0, 1]] = True

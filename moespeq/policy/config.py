@@ -23,7 +23,7 @@ from moespeq.errors import UserError
 POLICY_VERSION = 1
 EVICTIONS = ("lru", "lfu", "lfru", "lookahead", "belady")
 POOLS = ("layer", "global")
-TIE_BREAKS = ("freq-recency", "recency-freq")
+TIE_BREAKS = ("recency-freq", "freq-recency")
 PREFETCHERS = ("none", "gate", "eam", "elb", "perfect")
 GOVERNORS = ("off", "static", "roofline")
 
@@ -46,7 +46,7 @@ class CacheConfig:
     pool: str = "layer"
     layer_split: float = 0.0  # per-layer pool only: > 0 gives early layers more slots, < 0 late layers
     decay: float = 0.9  # per-access decay of LFRU / lookahead frequency counts (1 = plain LFU counts)
-    tie_break: str = "freq-recency"  # lookahead: how ties in predicted next use are broken
+    tie_break: str = "recency-freq"  # lookahead/belady, unpredicted experts: age (LRU) or frequency first
 
     def __post_init__(self) -> None:
         _choice("CacheConfig", "eviction", self.eviction, EVICTIONS)

@@ -10,11 +10,23 @@ evict `victim`; demand loads are always admitted). Two clocks drive them, both t
   lfru       decayed frequency f <- f * decay^(steps since last use) + 1; evict the smallest, ties by
              recency. Frequency that forgets, for routing that drifts (MoE-Infinity's cache is of this kind).
   lookahead  never evict what the ELB says verification needs when anything else can go; among the rest
-             evict the expert whose next predicted use is farthest, ties by decayed frequency, then
-             recency (or recency first: `tie_break`). A prefetch is admitted only if its victim's next
-             predicted use is farther than the prefetched expert's, so prefetching never pushes out
-             something needed sooner (Belady's rule on the ELB's horizon). DESIGN §1.
+             evict the expert whose next predicted use is farthest, and where the ELB predicts nothing
+             fall back to LRU, judged at each expert's next opportunity (below). A prefetch is admitted
+             only if its victim's next predicted use is farther than the prefetched expert's, so
+             prefetching never pushes out something needed sooner (Belady's rule on the ELB's horizon).
+             DESIGN §1.
   belady     the same rule on the true future (an oracle): next use from the whole remaining schedule.
+
+The fallback of lookahead and belady serves one pool shared by all layers, which passes are walked
+through in layer order. An expert of a layer the running pass has not reached can next be used in this
+step; one of a layer it has passed, in the next step. Plain recency would rank the experts just used by
+the layers behind (which cannot be used again before the next step) above the unpredicted experts of the
+layers ahead (which can be used now), and plain decayed frequency likewise counts this step's use for one
+and not yet for the other: both evict the soonest reusable experts first, so with an empty ELB (k = 0)
+the rule did worse than per-layer LRU at the same slots. So every expert is judged at its next
+opportunity (step, layer): first its age there in steps since its last use (LRU, evict the oldest), then
+its decayed frequency there (`decay` per step; frequent experts of skewed routing stay), then the farther
+opportunity goes first. `tie_break="freq-recency"` puts frequency before age.
 
 The history rules (lru, lfu, lfru) admit every prefetch: they have no notion of the future.
 
@@ -41,14 +53,15 @@ class EvictionPolicy:
         self.count = np.zeros(n, dtype=np.float64)  # plain use count
         self.freq = np.zeros(n, dtype=np.float64)  # decayed count as of freq_step
         self.freq_step = np.zeros(n, dtype=np.float64)
+        self.last_step = np.zeros(n, dtype=np.float64)  # step of the last use (an access, not a prefetch)
         self.step = 0
         self.layer = 0
-        self._keys: dict[bool, np.ndarray] = {}  # tie keys over all experts, valid until the stats change
+        self._tie: np.ndarray | None = None  # tie_key over all experts, valid until the stats change
 
     # ---- told ---------------------------------------------------------------------------------------
     def progress(self, step: int, layer: int) -> None:
         if step != self.step:
-            self._keys.clear()  # decayed frequencies changed
+            self._tie = None  # decayed frequencies changed
         self.step, self.layer = step, layer
 
     def _use(self, flat: np.ndarray | int) -> None:
@@ -58,14 +71,15 @@ class EvictionPolicy:
         self._refresh(flat)
 
     def _refresh(self, flat: np.ndarray | int) -> None:
-        """Update the cached tie keys of these experts only (the others' statistics did not change)."""
-        for recency_first, key in self._keys.items():
-            key[flat] = self._tie_key(flat, recency_first)
+        """Update the cached tie key of these experts only (the others' statistics did not change)."""
+        if self._tie is not None:
+            self._tie[flat] = self._tie_key(flat)
 
     def on_access(self, flat: np.ndarray, clock: int) -> None:
         if clock >= _CLOCK_LIMIT:
             raise RuntimeError("access clock passed 2^27: the eviction tie key would lose recency order")
         self.last_use[flat] = clock
+        self.last_step[flat] = self.step
         self._use(flat)
 
     def on_insert(self, flat: int | np.ndarray, clock: int, prefetched: bool = False) -> None:
@@ -82,28 +96,20 @@ class EvictionPolicy:
             self._refresh(flat)
 
     # ---- asked --------------------------------------------------------------------------------------
-    def decayed(self, lo: int, hi: int) -> np.ndarray:
-        return self.freq[lo:hi] * self.decay ** (self.step - self.freq_step[lo:hi])
-
-    def tie_key(self, lo: int, hi: int, recency_first: bool = False) -> np.ndarray:
-        """One float key ordering (decayed frequency, recency) lexicographically (smaller = evict first).
+    def tie_key(self, lo: int, hi: int) -> np.ndarray:
+        """LFRU's order: one float key, (decayed frequency, recency) lexicographically (smaller = evict first).
 
         The frequency is quantized to 1/1024 (closer values count as equal and recency decides); the
         recency clock must stay below 2^27 accesses (about 4 M tokens of a 32-layer model; on_access
-        checks). Cached
-        until the statistics change, because a batch of evictions asks many times in between.
+        checks). Cached until the statistics change, because a batch of evictions asks many times in between.
         """
-        key = self._keys.get(recency_first)
-        if key is None:
-            key = self._keys[recency_first] = self._tie_key(slice(None), recency_first)
-        return key[lo:hi]
+        if self._tie is None:
+            self._tie = self._tie_key(slice(None))
+        return self._tie[lo:hi]
 
-    def _tie_key(self, flat: np.ndarray | int | slice, recency_first: bool) -> np.ndarray:
-        last_use = self.last_use[flat]
+    def _tie_key(self, flat: np.ndarray | int | slice) -> np.ndarray:
         freq_q = np.floor(self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) * _FREQ_SCALE)
-        if recency_first:
-            return last_use * _FREQ_LIMIT + np.minimum(freq_q, _FREQ_LIMIT - 1)
-        return freq_q * _CLOCK_LIMIT + last_use
+        return freq_q * _CLOCK_LIMIT + self.last_use[flat]
 
     def keys(self, lo: int, hi: int) -> list[np.ndarray]:
         """Eviction order over experts lo..hi: lexicographic on these keys, smallest first."""
@@ -131,7 +137,6 @@ class EvictionPolicy:
 
 
 _FREQ_SCALE = 1024.0
-_FREQ_LIMIT = float(2**24)
 _CLOCK_LIMIT = float(2**27)
 
 
@@ -163,16 +168,29 @@ class LFRU(EvictionPolicy):
 class _NextUse(EvictionPolicy):
     """Farthest next use first, then the tie-break; prefetches admitted only over farther victims."""
 
-    def __init__(self, layers: int, experts: int, decay: float = 0.9, tie_break: str = "freq-recency") -> None:
+    def __init__(self, layers: int, experts: int, decay: float = 0.9, tie_break: str = "recency-freq") -> None:
         super().__init__(layers, experts, decay)
         self.recency_first = tie_break == "recency-freq"
+        self.layer_of = np.repeat(np.arange(layers), experts)  # [L*E]
 
     def next_use(self) -> np.ndarray:
         """[L*E] distance (any monotone unit) to each expert's next use; FAR-or-more when unknown."""
         raise NotImplementedError
 
     def keys(self, lo: int, hi: int) -> list[np.ndarray]:
-        return [-self.next_use()[lo:hi].astype(np.float64), self.tie_key(lo, hi, self.recency_first)]
+        age, freq, distance = self.at_next_opportunity(lo, hi)
+        first, second = (-age, freq) if self.recency_first else (freq, -age)
+        return [-self.next_use()[lo:hi].astype(np.float64), first, second, -distance]
+
+    def at_next_opportunity(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Experts lo..hi judged at their next opportunity of use (module docstring): each [hi - lo] float,
+        age in steps since the last use, decayed frequency (quantized as tie_key's), layers from now."""
+        layer = self.layer_of[lo:hi]
+        passed = layer <= self.layer  # used again in the next step at the earliest
+        age = self.step + passed - self.last_step[lo:hi]
+        freq = self.freq[lo:hi] * self.decay ** (self.step + passed - self.freq_step[lo:hi])
+        distance = layer - self.layer + passed * self.L
+        return age, np.floor(freq * _FREQ_SCALE), distance.astype(np.float64)
 
     def admit(self, new: int, victim: int) -> bool:
         nxt = self.next_use()
@@ -183,7 +201,7 @@ class Lookahead(_NextUse):
     name = "lookahead"
 
     def __init__(self, layers: int, experts: int, elb: ExpertLookaheadBuffer, decay: float = 0.9,
-                 tie_break: str = "freq-recency") -> None:
+                 tie_break: str = "recency-freq") -> None:
         super().__init__(layers, experts, decay, tie_break)
         self.elb = elb
         self._cached_version = -1
@@ -223,7 +241,7 @@ class Belady(_NextUse):
     name = "belady"
 
     def __init__(self, layers: int, experts: int, future: FutureUses, decay: float = 0.9,
-                 tie_break: str = "freq-recency") -> None:
+                 tie_break: str = "recency-freq") -> None:
         super().__init__(layers, experts, decay, tie_break)
         self.future = future
         self._key = (-1, -1)
@@ -236,7 +254,7 @@ class Belady(_NextUse):
         return self._next
 
 
-def make_eviction(name: str, layers: int, experts: int, decay: float = 0.9, tie_break: str = "freq-recency",
+def make_eviction(name: str, layers: int, experts: int, decay: float = 0.9, tie_break: str = "recency-freq",
                   elb: ExpertLookaheadBuffer | None = None, future: FutureUses | None = None) -> EvictionPolicy:
     """The rule named `name` (see the module docstring); lookahead needs the ELB, belady the future."""
     if name == "lru":
