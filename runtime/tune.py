@@ -1,6 +1,6 @@
 """Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
 
-Candidates: 4 or 8 warps per block with 1, 2 or 4 of them per row tile, the most blocks per SM that fit
+Candidates: 4 or 8 warps per block with 1, 2, 4 or (8 warps) 8 of them per row tile, the most blocks per SM that fit
 and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
 through launch_config.write_configs.
 
@@ -31,8 +31,8 @@ def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[
     out = []
     for warps in (4, 8):
         most = min(4, occupancy(fn, warps))
-        out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4) for blocks in sorted({max(1, most - 1), most})
-                for j in splits]
+        out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
+                for blocks in sorted({max(1, most - 1), most}) for j in splits]
     return out
 
 

@@ -13,6 +13,7 @@
 // 136, giving q in [-8, 7] exactly. The unscaled products of a 128-wide group accumulate in fp32 and are
 // scaled by the group's (row) scale in fp32 afterwards, so no rounding enters besides fp32 accumulation.
 
+#define MOE_L2_PREFETCH 1  // phase-2 items prefetch their down weights while they wait (faster at T = 16)
 #include "moe_common.cuh"
 
 #ifndef MOE_INT4_DEPTH1
@@ -32,6 +33,15 @@ struct Int4Weights {
 
     __device__ int resolve(int e) const { return e; }  // every INT4 expert is resident, indexed by id
 
+    // L2 prefetch of down's chunks [lo, hi) of n <= 8 row tiles from r: codes (lanes 0-7), scales (8-15)
+    __device__ void prefetch_down(int e, int r, int n, int lo, int hi, const MoeArgs& p, int lane) const {
+        const int KC = p.F / 64, G = p.F / 128, i = lane & 7;
+        const size_t tile = (size_t)e * (p.D / 16) + r + i;
+        if (i >= n || lo >= hi) return;
+        if (lane < 8) prefetch_l2(down_q + (tile * KC + lo) * 32, (hi - lo) * 512);
+        else if (lane < 16) prefetch_l2(down_s + (tile * G + lo / 2) * 8, (hi - lo) / 2 * 32);
+    }
+
     // fragment registers of one k-tile from its packed word
     static __device__ __forceinline__ void dequant(unsigned w, unsigned (&a)[4]) {
         const unsigned MAGIC = 0x43004300u, ONE = 0x3f803f80u, MINUS_136 = 0xc308c308u;
@@ -39,38 +49,49 @@ struct Int4Weights {
         for (int s = 0; s < 4; ++s) a[s] = bf16x2_fma(((w >> (4 * s)) & 0x000f000fu) | MAGIC, ONE, MINUS_136);
     }
 
-    // acc[NT][4] += scale-per-row * (q @ b) over the two chunks of one 128-wide group. B rows are L1 hits
-    // (prefetch_rows); loading them per chunk rather than all up front keeps the kernel at <= 128 registers,
-    // and occupancy mattered more than the hoist in measurements (runtime/results/README.md).
-    template <int NT>
-    static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[2], unsigned scales,
+    // acc[m][NT][4] += scale-per-row * (q_m @ b) for the M matrices (gate and up, or down) of one 128-wide
+    // group, two chunks. The B rows of a chunk are loaded once for all M (L1 hits: prefetch_rows); loading
+    // them per chunk rather than all up front keeps the kernel at <= 128 registers, and occupancy mattered
+    // more than the hoist in measurements (runtime/results/README.md).
+    template <int NT, int M>
+    static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[M][2], const unsigned (&scales)[M],
                                                      const bf16_t* const* rows, int grp, int c, bool two) {
-        float t[NT][4];
+        float t[M][NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int m = 0; m < M; ++m)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) t[nt][i] = 0.0f;
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) t[m][nt][i] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
-            unsigned a[4][4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) dequant(word(w[kk], j), a[j]);
+            uint4 b[NT][2];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                if (nt == 0 || two) {
-                    uint4 b[2];
-                    load_b(b, rows[nt], 2 * grp + kk, c);
-                    mma_chunk(t[nt], a, b);
+                if (nt == 0 || two) load_b(b[nt], rows[nt], 2 * grp + kk, c);
+            }
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+                unsigned a[4][4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) dequant(word(w[m][kk], j), a[j]);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    if (nt == 0 || two) mma_chunk(t[m][nt], a, b[nt]);
                 }
             }
         }
-        const float s_lo = bf16_lo(scales), s_hi = bf16_hi(scales);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            acc[nt * 4 + 0] += s_lo * t[nt][0];
-            acc[nt * 4 + 1] += s_lo * t[nt][1];
-            acc[nt * 4 + 2] += s_hi * t[nt][2];
-            acc[nt * 4 + 3] += s_hi * t[nt][3];
+        for (int m = 0; m < M; ++m) {
+            const float s_lo = bf16_lo(scales[m]), s_hi = bf16_hi(scales[m]);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                float* o = acc + (m * NT + nt) * 4;
+                o[0] += s_lo * t[m][nt][0];
+                o[1] += s_lo * t[m][nt][1];
+                o[2] += s_hi * t[m][nt][2];
+                o[3] += s_hi * t[m][nt][3];
+            }
         }
     }
 
@@ -78,8 +99,7 @@ struct Int4Weights {
     template <int NT> static constexpr int DEPTH1 = NT == 1 ? MOE_INT4_DEPTH1 : 2;
     template <int NT> static constexpr int DEPTH2 = NT == 1 ? MOE_INT4_DEPTH2 : 2;
 
-    struct GateUpStage { uint4 g[2], u[2]; unsigned sg, su; };
-    struct DownStage { uint4 w[2]; unsigned s; };
+    template <int M> struct Stage { uint4 w[M][2]; unsigned s[M]; };  // one group of M matrices
 
     // ks-th of KS slices of the D reduction of row tile r: groups ks, ks + KS, ...
     template <int NT>
@@ -92,21 +112,18 @@ struct Int4Weights {
         const unsigned* gs = gate_s + tile * G * 8 + (lane >> 2);
         const unsigned* us = up_s + tile * G * 8 + (lane >> 2);
         const bool two = NT == 2 && cnt > 8;
-        pipelined<DEPTH1<NT>, GateUpStage>(ks, G, KS,
+        pipelined<DEPTH1<NT>, Stage<2>>(ks, G, KS,
             [&](int grp) {
-                GateUpStage s;
-                s.g[0] = ld_stream(gq + (2 * grp) * 32);
-                s.g[1] = ld_stream(gq + (2 * grp + 1) * 32);
-                s.u[0] = ld_stream(uq + (2 * grp) * 32);
-                s.u[1] = ld_stream(uq + (2 * grp + 1) * 32);
-                s.sg = ld_stream32(gs + grp * 8);
-                s.su = ld_stream32(us + grp * 8);
+                Stage<2> s;
+                s.w[0][0] = ld_stream(gq + (2 * grp) * 32);
+                s.w[0][1] = ld_stream(gq + (2 * grp + 1) * 32);
+                s.w[1][0] = ld_stream(uq + (2 * grp) * 32);
+                s.w[1][1] = ld_stream(uq + (2 * grp + 1) * 32);
+                s.s[0] = ld_stream32(gs + grp * 8);
+                s.s[1] = ld_stream32(us + grp * 8);
                 return s;
             },
-            [&](const GateUpStage& s, int grp) {
-                group_mma<NT>(acc, s.g, s.sg, xrow, grp, c, two);
-                group_mma<NT>(acc + NT * 4, s.u, s.su, xrow, grp, c, two);
-            });
+            [&](const Stage<2>& s, int grp) { group_mma<NT, 2>(acc, s.w, s.s, xrow, grp, c, two); });
     }
 
     // split j of J over the chunks of F, in whole 128-wide groups (a group shares its scales)
@@ -124,15 +141,15 @@ struct Int4Weights {
         const uint4* dq = down_q + tile * KC * 32 + lane;
         const unsigned* ds = down_s + tile * G * 8 + (lane >> 2);
         const bool two = NT == 2 && cnt > 8;
-        pipelined<DEPTH2<NT>, DownStage>(lo_chunk / 2 + ks, hi_chunk / 2, KS,
+        pipelined<DEPTH2<NT>, Stage<1>>(lo_chunk / 2 + ks, hi_chunk / 2, KS,
             [&](int grp) {
-                DownStage s;
-                s.w[0] = ld_stream(dq + (2 * grp) * 32);
-                s.w[1] = ld_stream(dq + (2 * grp + 1) * 32);
-                s.s = ld_stream32(ds + grp * 8);
+                Stage<1> s;
+                s.w[0][0] = ld_stream(dq + (2 * grp) * 32);
+                s.w[0][1] = ld_stream(dq + (2 * grp + 1) * 32);
+                s.s[0] = ld_stream32(ds + grp * 8);
                 return s;
             },
-            [&](const DownStage& s, int grp) { group_mma<NT>(acc, s.w, s.s, hrow, grp, c, two); });
+            [&](const Stage<1>& s, int grp) { group_mma<NT, 1>(acc, s.w, s.s, hrow, grp, c, two); });
     }
 };
 

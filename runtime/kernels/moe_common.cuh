@@ -14,7 +14,7 @@
 //   larger KS gives more, smaller pieces for small layers). Partial sums of a tile's KS warps are added in
 //   fixed warp order through shared memory.
 //   phase 1   item (u, r0): row tiles r0*W/KS.. of gate and up of expert u for its tokens, SiLU(g)*u
-//             rounded to bf16 into h[u, n, F].
+//             rounded to bf16 into h[u, n, F]; each row tile's first warp counts it done for expert u.
 //   phase 2   item (u, r0, j): row tiles of down for split j of F, weighted by the gate weights, each
 //             written as a dense [16 rows x 16 tokens] fp32 partial. An integer ticket per row tile elects
 //             the last arriving warp, which sums the partials in (u, j) order and writes y: deterministic,
@@ -22,8 +22,10 @@
 // Items are claimed from one integer ticket counter in order, phase 1 first, both expert-major. A block
 // that reaches a phase-2 item of expert u waits until u's phase-1 items are done (so one expert's down
 // projection overlaps the next experts' gate/up); those items were claimed earlier by running blocks, so
-// this cannot deadlock whatever the grid size. The last block to exit resets the counters for the next launch, so a
-// workspace is reused without a memset (one workspace per stream).
+// this cannot deadlock whatever the grid size. Before waiting, one warp asks the copy engine to bring the
+// item's down weights into L2 (MOE_L2_PREFETCH), since they do not depend on h. A block meets at one barrier
+// per item (plus the k-split sum when KS > 1), which also publishes the next ticket. The last block to exit
+// resets the counters for the next launch, so a workspace is reused without a memset (one per stream).
 //
 // Tensor cores: mma.m16n8k16 bf16 with fp32 accumulation; weight rows are the M dimension, tokens N.
 // Within each 64-wide k chunk the k order is permuted identically for weights and activations (a dot
@@ -38,6 +40,10 @@ typedef unsigned short bf16_t;
 #define MOE_MAX_EXPERTS 512
 #define MOE_MAX_WARPS 8
 #define MOE_TILE 256          // 16 rows x 16 tokens of one phase-2 partial
+#define MOE_RED_BATCH 4       // phase-2 partials summed per L2 round trip in the last-arrival reduction
+#ifndef MOE_L2_PREFETCH
+#define MOE_L2_PREFETCH 0     // 1: phase-2 items prefetch their down weights into L2 (Weights::prefetch_down)
+#endif
 
 // counters[]: ticket, (unused), blocks exited, error flags, then one ticket per 16-row tile of D, then the
 // phase-1 row tiles done per expert in use
@@ -51,6 +57,7 @@ typedef unsigned short bf16_t;
 struct Routing {
     int n_used;
     int ids[MOE_MAX_SLOTS];
+    float gw[MOE_MAX_SLOTS];                          // [T*K] gate weights, read with the ids in one round trip
     int expert[MOE_MAX_SLOTS];                        // [U] expert id of use u
     int ref[MOE_MAX_SLOTS];                           // [U] where its weights are (expert id or cache slot)
     int count[MOE_MAX_SLOTS];                         // [U] tokens routed to it
@@ -110,9 +117,16 @@ __device__ __forceinline__ uint4 ld_const(const uint4* p) {
     return v;
 }
 
-__device__ __forceinline__ float ld_l2f(const float* p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+// Ask the copy engine to bring `bytes` (a multiple of 16, 16-byte aligned) into L2: no registers held, no
+// completion to wait for, so a warp can put a whole work item's weights in flight with one instruction.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
+}
+
+// partials of the down projection: written in this launch by other SMs, so read from L2, never L1
+__device__ __forceinline__ float4 ld_l2f4(const float4* p) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
     return v;
 }
 
@@ -194,6 +208,7 @@ __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) 
     for (int s = tid; s < S; s += nthreads) {
         const int e = p.ids[s];
         R.ids[s] = e;
+        R.gw[s] = p.gw[s];
         if (e >= 0 && e < p.E) atomicMin(&R.first[e], s);
         else atomicOr(&p.counters[CTR_ERROR], ERR_BAD_EXPERT);
     }
@@ -217,7 +232,7 @@ __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) 
         float w = 0.0f;
         if (lane < p.T) {
             for (int k = 0; k < p.K; ++k) {
-                if (R.ids[lane * p.K + k] == e) { member = true; w += p.gw[lane * p.K + k]; }
+                if (R.ids[lane * p.K + k] == e) { member = true; w += R.gw[lane * p.K + k]; }
             }
         }
         const unsigned mask = __ballot_sync(0xffffffffu, member);
@@ -238,23 +253,26 @@ __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) 
 
 // ---- the persistent item loop -------------------------------------------------------------------------------
 
-struct Scratch {
-    float red[MOE_MAX_WARPS][32][16];    // per-warp fragments for the fixed-order reduction over k splits
+struct __align__(16) Scratch {
+    float red[MOE_MAX_WARPS][16][32];     // per-warp fragments [value][lane] for the fixed-order k-split sum
     float tile[MOE_MAX_WARPS][MOE_TILE];  // per-warp phase-2 partial in token space
-    int ticket;
+    int ticket[2];                        // the block's next item, double-buffered: one barrier per item
 };
 
 // Fixed-order sum of `n` floats per lane over the KS warps of each row tile; the result is valid in the
-// tile's first warp (k split 0). A barrier for the whole block, skipped when KS == 1 (uniform).
+// tile's first warp (k split 0). A barrier for the whole block, skipped when KS == 1 (uniform). Rows of
+// S.red are lane-contiguous: no bank conflicts.
 __device__ __forceinline__ void ksplit_sum(Scratch& S, float* v, int n, int KS) {
     if (KS == 1) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int i = 0; i < n; ++i) S.red[warp][lane][i] = v[i];
+#pragma unroll
+    for (int i = 0; i < n; ++i) S.red[warp][i][lane] = v[i];
     __syncthreads();
     if (warp % KS == 0) {
+#pragma unroll
         for (int i = 0; i < n; ++i) {
-            float s = S.red[warp][lane][i];
-            for (int k = 1; k < KS; ++k) s += S.red[warp + k][lane][i];
+            float s = S.red[warp][i][lane];
+            for (int k = 1; k < KS; ++k) s += S.red[warp + k][i][lane];
             v[i] = s;
         }
     }
@@ -292,29 +310,40 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
             }
         }
         __threadfence();  // h visible device-wide before the completion count says so
+        __syncwarp();
+        if (lane == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], 1);  // one row tile of expert u done
     }
-    __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], min(tiles, p.F / 16 - r0 * tiles));
 }
 
 // The last warp to finish row tile r: sum its n_used * J partials in (u, j) order, write y, re-arm the ticket.
 __device__ void reduce_row_tile(const MoeArgs& p, int r, int n_used) {
     const int lane = threadIdx.x & 31, parts = n_used * p.J;
-    const float* src = p.partial + (size_t)r * p.u_cap * p.J * MOE_TILE + 8 * lane;
-    float sum[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    // one partial (8 independent loads per lane) per L2 round trip: keeping two in flight raised the whole
-    // kernel from 123 to 161 registers (occupancy 4 -> 3 blocks of 4 warps), which cost more than it saved
-    for (int q = 0; q < parts; ++q) {
-        float v[8];
+    const float4* src = reinterpret_cast<const float4*>(p.partial + (size_t)r * p.u_cap * p.J * MOE_TILE) + 2 * lane;
+    float4 sum[2] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    // MOE_RED_BATCH partials (2 16-byte loads per lane each) per L2 round trip, added in (u, j) order
+    for (int q0 = 0; q0 < parts; q0 += MOE_RED_BATCH) {
+        float4 v[MOE_RED_BATCH][2];
 #pragma unroll
-        for (int m = 0; m < 8; ++m) v[m] = ld_l2f(src + (size_t)q * MOE_TILE + m);
+        for (int b = 0; b < MOE_RED_BATCH; ++b) {
+            const int q = min(q0 + b, parts - 1);
 #pragma unroll
-        for (int m = 0; m < 8; ++m) sum[m] += v[m];
+            for (int h = 0; h < 2; ++h) v[b][h] = ld_l2f4(src + (size_t)q * (MOE_TILE / 4) + h);
+        }
+#pragma unroll
+        for (int b = 0; b < MOE_RED_BATCH; ++b) {
+            if (q0 + b < parts) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    sum[h].x += v[b][h].x; sum[h].y += v[b][h].y; sum[h].z += v[b][h].z; sum[h].w += v[b][h].w;
+                }
+            }
+        }
     }
+    const float out[8] = {sum[0].x, sum[0].y, sum[0].z, sum[0].w, sum[1].x, sum[1].y, sum[1].z, sum[1].w};
 #pragma unroll
     for (int m = 0; m < 8; ++m) {
         const int i = 8 * lane + m, row = i >> 4, t = i & 15;
-        if (t < p.T) p.y[(size_t)t * p.D + 16 * r + row] = f32_to_bf16(sum[m]);
+        if (t < p.T) p.y[(size_t)t * p.D + 16 * r + row] = f32_to_bf16(out[m]);
     }
     if (lane == 0) p.counters[CTR_ROWS + r] = 0;
 }
@@ -342,8 +371,8 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     if (ks != 0 || !active) return;
     // the row tile's first warp: its weighted fragments into a dense token-space tile, then the partial
     float* tile = S.tile[warp];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) tile[8 * lane + m] = 0.0f;
+    float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;  // this lane's 8 values of the 256
+    tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     __syncwarp();
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -354,9 +383,9 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
         }
     }
     __syncwarp();
-    float* dst = p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE + 8 * lane;
-#pragma unroll
-    for (int m = 0; m < 8; ++m) dst[m] = tile[8 * lane + m];
+    float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE) + 2 * lane;
+    dst[0] = tile4[0];
+    dst[1] = tile4[1];
     __threadfence();
     __syncwarp();
     int last = 0;
@@ -367,39 +396,63 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     }
 }
 
+// What a ticket names: a phase-1 item (u, r0) or a phase-2 item (u, r0, j)
+struct Item { int phase, u, r0, j; };
+
+__device__ __forceinline__ Item decode(int ticket, int n_p1, int items1, int items2, int J) {
+    if (ticket < n_p1) return {1, ticket / items1, ticket % items1, 0};
+    const int q = ticket - n_p1, per_expert = items2 * J;
+    return {2, q / per_expert, (q % per_expert) / J, q % J};
+}
+
+// One warp asks for a phase-2 item's down weights (the block's row tiles, split j) to be brought into L2:
+// they do not depend on h, so they stream while the block waits for the expert's phase 1.
+template <class Weights>
+__device__ void prefetch_down_item(const Routing& R, const MoeArgs& p, const Weights& wts, const Item& it, int tiles) {
+    const int ref = R.ref[it.u], r = it.r0 * tiles;
+    if (ref < 0) return;
+    int lo, hi;
+    Weights::split(p.F / 64, p.J, it.j, lo, hi);
+    wts.prefetch_down(ref, r, min(tiles, p.D / 16 - r), lo, hi, p, threadIdx.x & 31);
+}
+
 template <int NT, class Weights>
 __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     __shared__ Routing R;
     __shared__ Scratch S;
-    const int tid = threadIdx.x;
-    if (tid == 0) S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
+    const int tid = threadIdx.x, last_warp = (blockDim.x >> 5) - 1;
+    if (tid == 0) S.ticket[0] = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
     build_routing(R, p, wts);  // ends with a barrier, which also publishes S.ticket
     const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16, tiles = (blockDim.x >> 5) / p.KS;
     const int items1 = (FT + tiles - 1) / tiles, items2 = (DT + tiles - 1) / tiles;  // per expert (and split)
-    const int n_p1 = n_used * items1, n_p2 = n_used * items2 * p.J, total = n_p1 + n_p2;
+    const int n_p1 = n_used * items1, n_p2 = n_used * items2 * p.J;
+    const int total = n_p1 + n_p2;
     int* p1_done = p.counters + CTR_ROWS + DT;  // [U] phase-1 row tiles finished per expert in use
-    int ticket = S.ticket;
+    int ticket = S.ticket[0];
     int ready_u = -1;  // experts up to this one have finished phase 1 (tickets only grow, so u never decreases)
-    while (ticket < total) {
-        __syncthreads();  // everyone has read S.ticket
+    for (int slot = 1; ticket < total; slot ^= 1) {
         int next = 0;
         if (tid == 0) next = atomicAdd(&p.counters[CTR_TICKET], 1);  // claimed early: its latency overlaps the item
-        if (ticket < n_p1) {
-            phase1_item<NT>(R, S, p, wts, ticket / items1, ticket % items1);
+        const Item it = decode(ticket, n_p1, items1, items2, p.J);
+        if (it.phase == 1) {
+            phase1_item<NT>(R, S, p, wts, it.u, it.r0);
         } else {
-            const int q = ticket - n_p1, per_expert = items2 * p.J, u = q / per_expert;
-            if (u > ready_u) {
+#if MOE_L2_PREFETCH
+            if ((tid >> 5) == last_warp) prefetch_down_item(R, p, wts, it, tiles);
+#endif
+            if (it.u > ready_u) {
                 if (tid == 0) {
-                    while (ld_acquire(&p1_done[u]) < FT) __nanosleep(64);
+                    while (ld_acquire(&p1_done[it.u]) < FT) __nanosleep(64);
                 }
                 __syncthreads();
-                ready_u = u;
+                ready_u = it.u;
             }
-            phase2_item<NT>(R, S, p, wts, u, (q % per_expert) / p.J, q % p.J);
+            phase2_item<NT>(R, S, p, wts, it.u, it.r0, it.j);
         }
-        if (tid == 0) S.ticket = next;
+        // the other slot was last read before the previous barrier, so one barrier per item suffices
+        if (tid == 0) S.ticket[slot] = next;
         __syncthreads();
-        ticket = S.ticket;
+        ticket = S.ticket[slot];
     }
     if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
         p.counters[CTR_TICKET] = 0;  // every other block has taken its last ticket and left
