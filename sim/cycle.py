@@ -230,53 +230,62 @@ class Decoder:
         """Compute a layer's experts [n] (tokens [n], seconds [n] each): resident first, the rest as they land.
 
         The misses go to the copy engine as one demand batch; once it has started them their landing
-        times are known, and the expert kernels are folded over the landings in one timeout:
-        t_i = max(t_{i-1}, avail_i) + c_i in order of availability, i.e.
-        end = max(t0 + sum c, max_i (avail_i + sum_{j >= i} c_j)). Returns the compute seconds.
+        times are known, and the expert kernels are folded over the landings in one timeout (`_fold`).
+        Returns the compute seconds.
         """
         env, cache, m = self.env, self.p.cache, self.m
         flat = layer * self.E + experts
         state = cache.state[flat]
         cache.hold(flat)
-        if (state == RESIDENT).all():  # the common fast path: nothing to wait for
-            busy = float(cost.sum()) * m.compute_s(1.0)
-            if self.rec.enabled:
-                self._record_fold(layer, experts, np.full(flat.size, env.now), cost * m.compute_s(1.0), env.now)
-            yield env.timeout(busy)
-            cache.release(flat)
-            m.notify_release()
-            return busy
         missing = state == ABSENT
-        batch = None
-        if missing.any():
-            order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first
-            ids = [WHOLE_LAYER] if self.system.transfer == "layer" else experts[missing][order].tolist()
-            batch = m.demand(self.step, layer, ids)
-        pending = np.ones(flat.size, dtype=bool)
-        t, busy, first = env.now, 0.0, True
-        while pending.any():
-            state = cache.state[flat]
-            if batch is not None and (first or not (pending & (state != ABSENT)).any()):
-                yield batch.ready  # the engine has started (some of) the misses: landing times known
-                state = cache.state[flat]
-            first = False
-            avail = pending & (state != ABSENT)
+        if not missing.any():
+            if (state == RESIDENT).all():  # the common fast path: nothing to wait for
+                busy = float(cost.sum()) * m.compute_s(1.0)
+                if self.rec.enabled:
+                    self._record_fold(layer, experts, np.full(flat.size, env.now), cost * m.compute_s(1.0), env.now)
+                yield env.timeout(busy)
+                cache.release(flat)
+                m.notify_release()
+                return busy
+            return (yield from self._fold(layer, experts, flat, cost, env.now))  # prefetches in flight only
+        order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first
+        ids = [WHOLE_LAYER] if self.system.transfer == "layer" else experts[missing][order].tolist()
+        batch = m.demand(self.step, layer, ids)
+        t = env.now
+        yield batch.ready  # the engine has started (some of) the misses: landing times known
+        if not batch.experts:  # all of them started: one fold over every expert
+            return (yield from self._fold(layer, experts, flat, cost, t))
+        busy, pending = 0.0, np.ones(flat.size, dtype=bool)
+        while True:  # some misses wait for a slot: fold whatever has started, else wait for the engine
+            avail = pending & (cache.state[flat] != ABSENT)
             if not avail.any():
+                yield batch.ready
                 continue
-            land = np.where(state[avail] == RESIDENT, t, np.maximum(t, m.land_at[flat[avail]]))  # [a]
-            order = np.argsort(land, kind="stable")
-            land, c = land[order], cost[avail][order] * (m.compute_s(1.0))  # [a], [a]
-            end = max(t + c.sum(), float((land + np.cumsum(c[::-1])[::-1]).max()))
-            if end > env.now:
-                yield env.timeout(end - env.now)
-            busy += float(c.sum())
-            if self.rec.enabled:
-                self._record_fold(layer, experts[avail][order], land, c, t)
-            cache.release(flat[avail])
-            m.notify_release()
+            sub = np.flatnonzero(avail)
+            fold_busy, t = yield from self._fold(layer, experts[sub], flat[sub], cost[sub], t, with_end=True)
+            busy += fold_busy
             pending &= ~avail
-            t = end
-        return busy
+            if not pending.any():
+                return busy
+
+    def _fold(self, layer: int, experts: np.ndarray, flat: np.ndarray, cost: np.ndarray, t: float,
+              with_end: bool = False):
+        """Run experts [a] (seconds cost [a]) from t, each once it has landed, in order of availability:
+        t_i = max(t_{i-1}, avail_i) + c_i, i.e. end = max(t + sum c, max_i (avail_i + sum_{j >= i} c_j)),
+        in one timeout; release them. Returns the compute seconds (and the end time if with_end)."""
+        env, cache, m = self.env, self.p.cache, self.m
+        land = np.where(cache.state[flat] == RESIDENT, t, np.maximum(t, m.land_at[flat]))  # [a]
+        order = np.argsort(land, kind="stable")
+        land, c = land[order], cost[order] * (m.compute_s(1.0))  # [a], [a]
+        end = max(t + c.sum(), float((land + np.cumsum(c[::-1])[::-1]).max()))
+        if end > env.now:
+            yield env.timeout(end - env.now)
+        if self.rec.enabled:
+            self._record_fold(layer, experts[order], land, c, t)
+        cache.release(flat)
+        m.notify_release()
+        busy = float(c.sum())
+        return (busy, end) if with_end else busy
 
     def _record_fold(self, layer: int, experts: np.ndarray, land: np.ndarray, cost: np.ndarray, t: float) -> None:
         for e, a, c in zip(experts.tolist(), land.tolist(), cost.tolist(), strict=True):

@@ -85,6 +85,7 @@ class Machine:
         self.d2h_bytes = 0
         self.copies = 0
         self._d2h_queue: list[tuple[int, Callable[[], None]]] = []
+        self._d2h_cache: dict[int, tuple[float, float]] = {}
         self._d2h_wake: simpy.Event | None = None
         env.process(self._h2d())
         if hw.copy_engines >= 2:
@@ -214,7 +215,7 @@ class Machine:
             yield from self._layer_copy(batch)
             return
         cache, t = self.cache, self.env.now
-        flats = np.array([batch.layer * self.E + e for e in batch.experts], dtype=np.int64)
+        flats = np.array(batch.experts, dtype=np.int64) + batch.layer * self.E
         flats = flats[cache.state[flats] == ABSENT]
         granted, victims = cache.reserve_many(flats) if flats.size else (0, [])
         if victims and self.rec.enabled:
@@ -289,11 +290,19 @@ class Machine:
             self.rec.span(H2D_COPY, "h2d", t0, end, layer, expert, bytes=n_bytes, kind=kind)
 
     # ---- the D2H engine -----------------------------------------------------------------------------------
+    def _d2h_times(self, n_bytes: int) -> tuple[float, float]:
+        """(latency, transfer) seconds of a D2H copy; every draft row has the same size, so they are cached."""
+        times = self._d2h_cache.get(n_bytes)
+        if times is None:
+            table = self.hw.d2h_pinned
+            transfer = n_bytes / (table.at(n_bytes) * 1e9)
+            latency = self.hw.copy_latency_s if n_bytes < table.size_bytes[0] else 0.0
+            times = self._d2h_cache[n_bytes] = (latency, transfer)
+        return times
+
     def _d2h_copy(self, n_bytes: int, done: Callable[[], None]):
         t0 = self.env.now
-        table = self.hw.d2h_pinned
-        transfer = n_bytes / (table.at(n_bytes) * 1e9)
-        latency = self.hw.copy_latency_s if n_bytes < table.size_bytes[0] else 0.0
+        latency, transfer = self._d2h_times(n_bytes)
         self.d2h_window = (t0 + latency, t0 + latency + transfer)
         yield self.env.timeout(latency + transfer)
         self.d2h_bytes += n_bytes

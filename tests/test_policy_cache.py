@@ -5,7 +5,7 @@ import pytest
 
 from moespeq.policy.cache import ABSENT, LOADING, NO_ROOM, OK, REFUSED, RESIDENT, ExpertCache, split_slots
 from moespeq.policy.elb import ExpertLookaheadBuffer
-from moespeq.policy.eviction import FutureUses, make_eviction
+from moespeq.policy.eviction import EvictionPolicy, FutureUses, make_eviction
 
 
 def _cache(rule, layers=1, experts=4, capacity=(2,), **kw):
@@ -172,3 +172,45 @@ def test_split_slots_sums_to_total_and_respects_tilt(total, layers, tilt):
 
 def test_split_slots_even_split_gives_remainder_to_early_layers():
     assert split_slots(113, 32, 16) == [4] * 17 + [3] * 15
+
+
+@pytest.mark.parametrize("tie_break", ["recency-freq", "freq-recency"])
+@pytest.mark.parametrize("decay", [0.9, 0.5, 1.0])
+def test_lookahead_packed_order_matches_the_plain_keys(tie_break, decay):
+    # The fast victim/victims (packed fallback keys kept current incrementally) against the base class's
+    # lexicographic order over keys(), through random cycles of drafting, prefetches and demand loads.
+    layers, experts = 4, 5
+    rng = np.random.default_rng(7)
+    elb = ExpertLookaheadBuffer(layers, experts)
+    rule = make_eviction("lookahead", layers, experts, decay=decay, tie_break=tie_break, elb=elb)
+    cache = ExpertCache(layers, experts, [7], rule)
+    reference = EvictionPolicy
+
+    def check(lo=0, hi=layers * experts):
+        candidates = (cache.state[lo:hi] == RESIDENT) & ~cache.held[lo:hi]
+        if candidates.any():
+            assert rule.victim(candidates, lo) == reference.victim(rule, candidates, lo)
+            m = int(candidates.sum())
+            np.testing.assert_array_equal(rule.victims(candidates, lo, m), reference.victims(rule, candidates, lo, m))
+
+    for step in range(40):
+        elb.start(k=int(rng.integers(0, 3)))
+        for _ in range(elb.k):
+            elb.add(np.stack([rng.choice(experts, 2, replace=False) for _ in range(layers)]), rng.random((layers, 2)))
+            f = int(rng.integers(layers * experts))
+            check()
+            if cache.state[f] == ABSENT and cache.reserve(f, demand=False)[0] == OK:
+                cache.landed(f)
+        for layer in range(layers):
+            cache.progress(step, layer)
+            elb.verify_at(layer)
+            needed = rng.choice(experts, int(rng.integers(1, 4)), replace=False)
+            cache.access(layer, needed)
+            flat = layer * experts + needed
+            cache.hold(flat)
+            check()
+            absent = flat[cache.state[flat] == ABSENT]
+            if absent.size:
+                granted, _ = cache.reserve_many(absent)
+                cache.landed(absent[:granted])
+            cache.release(flat)

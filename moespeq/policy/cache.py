@@ -108,15 +108,15 @@ class ExpertCache:
     def access(self, layer: int, experts: np.ndarray) -> np.ndarray:
         """A layer needs these distinct experts [n]; returns which were resident [n] bool."""
         flat = layer * self.E + experts
-        state = self.state[flat]
-        hit = state == RESIDENT
+        hit = self.state[flat] == RESIDENT
         c = self.counters
         c.needed += flat.size
-        c.hits += int(hit.sum())
+        c.hits += int(np.count_nonzero(hit))
         was_prefetched = self.prefetched[flat]
-        if was_prefetched.any():
-            c.prefetch_useful += int(was_prefetched.sum())
-            c.prefetch_timely += int((was_prefetched & hit).sum())
+        useful = int(np.count_nonzero(was_prefetched))
+        if useful:
+            c.prefetch_useful += useful
+            c.prefetch_timely += int(np.count_nonzero(was_prefetched & hit))
             self.prefetched[flat] = False
         self.eviction.on_access(flat, self.clock)
         self.clock += 1
@@ -169,7 +169,7 @@ class ExpertCache:
         if need > 0:
             lo, hi = self._range[pool]
             candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
-            chosen = self.eviction.victims(candidates, lo, min(need, int(candidates.sum())))  # [v]
+            chosen = self.eviction.victims(candidates, lo, min(need, int(np.count_nonzero(candidates))))  # [v]
             self._evict_many(chosen, pool)
             victims = chosen.tolist()
         granted = min(flat.size, self.capacity[pool] - self._used[pool])
@@ -185,7 +185,7 @@ class ExpertCache:
     def _evict_many(self, victims: np.ndarray, pool: int) -> None:
         """_evict for several victims of one pool at once."""
         wasted = self.prefetched[victims]
-        self.counters.prefetch_wasted += int(wasted.sum())
+        self.counters.prefetch_wasted += int(np.count_nonzero(wasted))
         self.prefetched[victims] = False
         self.counters.evictions += victims.size
         self.state[victims] = ABSENT

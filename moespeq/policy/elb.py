@@ -53,7 +53,8 @@ class ExpertLookaheadBuffer:
         self.mask[self._rows, ids] = True
         self.reuse[self._rows, ids] += 1
         self.confidence[self._rows, ids] += weights
-        np.minimum.at(self.first_row, (self._rows, ids), self.rows)
+        at = (self._rows, ids)  # distinct (layer, expert) pairs, so a plain gather/scatter (no ufunc.at)
+        self.first_row[at] = np.minimum(self.first_row[at], self.rows)
         self.rows += 1
         self.version += 1
 

@@ -36,6 +36,9 @@ Usage:
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 from moespeq.policy.elb import FAR, ExpertLookaheadBuffer
@@ -138,6 +141,8 @@ class EvictionPolicy:
 
 _FREQ_SCALE = 1024.0
 _CLOCK_LIMIT = float(2**27)
+_AGE_LIMIT = float(2**20)
+_FREQ_CAP = float(2**24 - 1)
 
 
 def _masked_argmin(key: np.ndarray, candidates: np.ndarray) -> int:
@@ -166,31 +171,125 @@ class LFRU(EvictionPolicy):
 
 
 class _NextUse(EvictionPolicy):
-    """Farthest next use first, then the tie-break; prefetches admitted only over farther victims."""
+    """Farthest next use first, then the fallback order; prefetches admitted only over farther victims.
+
+    The fallback order is kept as one packed float per expert (`_current_fallback`), updated where it
+    changes instead of recomputed per decision: rebuilt when the step changes, a layer's slice switched
+    to its next-step keys when the pass reaches it, an expert's keys recomputed when it is used.
+    `keys` and `at_next_opportunity` state the order plainly (the reference the tests compare against).
+    """
 
     def __init__(self, layers: int, experts: int, decay: float = 0.9, tie_break: str = "recency-freq") -> None:
         super().__init__(layers, experts, decay)
+        if layers >= 256:
+            raise ValueError(f"{layers} layers: the lookahead/belady eviction key packs 2 L below 512")
         self.recency_first = tie_break == "recency-freq"
+        n = layers * experts
         self.layer_of = np.repeat(np.arange(layers), experts)  # [L*E]
+        self._everyone = np.arange(n)
+        self._decay01 = decay ** np.array([0.0, 1.0])  # numpy's own powers (its vector pow is not Python's)
+        self._fb = np.zeros(n)  # [L*E] the packed fallback key at (_fb_step, _fb_layer), less the layer shift
+        self._fb_passed = np.zeros(n)  # [L*E] the same as if every layer were passed (next opportunity: step + 1)
+        self._fb_step, self._fb_layer = -1, -1
+
+    def progress(self, step: int, layer: int) -> None:
+        if step >= _AGE_LIMIT:
+            raise RuntimeError("step passed 2^20: the eviction fallback key would lose age order")
+        super().progress(step, layer)
 
     def next_use(self) -> np.ndarray:
         """[L*E] distance (any monotone unit) to each expert's next use; FAR-or-more when unknown."""
         raise NotImplementedError
 
+    # ---- the order, plainly -------------------------------------------------------------------------
     def keys(self, lo: int, hi: int) -> list[np.ndarray]:
-        age, freq, distance = self.at_next_opportunity(lo, hi)
+        """The order as separate keys (the reference; victim and victims use the packed fallback key)."""
+        age, freq, distance = self.at_next_opportunity(np.arange(lo, hi))
         first, second = (-age, freq) if self.recency_first else (freq, -age)
         return [-self.next_use()[lo:hi].astype(np.float64), first, second, -distance]
 
-    def at_next_opportunity(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Experts lo..hi judged at their next opportunity of use (module docstring): each [hi - lo] float,
+    def at_next_opportunity(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Experts flat [n] judged at their next opportunity of use (module docstring): each [n] float,
         age in steps since the last use, decayed frequency (quantized as tie_key's), layers from now."""
-        layer = self.layer_of[lo:hi]
+        layer = self.layer_of[flat]
         passed = layer <= self.layer  # used again in the next step at the earliest
-        age = self.step + passed - self.last_step[lo:hi]
-        freq = self.freq[lo:hi] * self.decay ** (self.step + passed - self.freq_step[lo:hi])
+        opportunity = self.step + passed  # [n] step
+        age = opportunity - self.last_step[flat]
+        freq = self.freq[flat] * self.decay ** (opportunity - self.freq_step[flat])
         distance = layer - self.layer + passed * self.L
         return age, np.floor(freq * _FREQ_SCALE), distance.astype(np.float64)
+
+    # ---- the order, packed and kept current -----------------------------------------------------------
+    def _pack(self, age: Any, freq: Any, farther: Any) -> Any:
+        """keys()[1:] as one exact float (integers below 2^53), smaller first: age < 2^20 steps (progress
+        checks), quantized frequency capped below 2^24 (larger ones tie), farther = 511 - distance >= 0."""
+        if self.recency_first:
+            return freq * 2.0**9 + farther - age * 2.0**33
+        return freq * 2.0**29 + farther - age * 2.0**9 + (_AGE_LIMIT - 1.0) * 2.0**9
+
+    def _packed(self, flat: np.ndarray, passed: Any) -> np.ndarray:
+        """[n] packed keys of experts flat [n] (passed: [n] bool or one bool), less the current layer's shift
+        (a constant within a decision): at_next_opportunity's arithmetic."""
+        opportunity = self.step + passed
+        freq = self.freq[flat] * self.decay ** (opportunity - self.freq_step[flat])
+        freq = np.minimum(np.floor(freq * _FREQ_SCALE), _FREQ_CAP)
+        return self._pack(opportunity - self.last_step[flat], freq, 511 - self.layer_of[flat] - passed * self.L)
+
+    def _current_fallback(self) -> np.ndarray:
+        """[L*E] the packed fallback keys at (step, layer)."""
+        if self._fb_step != self.step or self.layer < self._fb_layer:
+            self._fb_passed = self._packed(self._everyone, True)
+            ahead = self._packed(self._everyone, False)
+            self._fb = np.where(self.layer_of <= self.layer, self._fb_passed, ahead)
+            self._fb_step, self._fb_layer = self.step, self.layer
+        elif self.layer > self._fb_layer:  # the pass reached more layers: their experts' next chance is the next step
+            lo, hi = (self._fb_layer + 1) * self.E, (self.layer + 1) * self.E
+            self._fb[lo:hi] = self._fb_passed[lo:hi]
+            self._fb_layer = self.layer
+        return self._fb
+
+    def _use(self, flat: np.ndarray | int) -> None:
+        super()._use(flat)
+        if self._fb_step != self.step:
+            return  # the keys are rebuilt at the next decision
+        if not isinstance(flat, np.ndarray):
+            self._repack_one(int(flat))
+            return
+        layer = int(self.layer_of[flat[0]])
+        if layer <= self.layer and self.last_step[flat[0]] == self.step and (self.layer_of[flat] == layer).all():
+            # an access by a reached layer: one step old at the next step's opportunity, frequency x decay
+            freq = np.minimum(np.floor(self.freq[flat] * self._decay01[1] * _FREQ_SCALE), _FREQ_CAP)
+            self._fb[flat] = self._fb_passed[flat] = self._pack(1.0, freq, 511.0 - layer - self.L)
+        else:
+            self._fb_passed[flat] = self._packed(flat, True)
+            self._fb[flat] = np.where(self.layer_of[flat] <= self._fb_layer, self._fb_passed[flat],
+                                      self._packed(flat, False))
+
+    def _repack_one(self, f: int) -> None:
+        """_packed for one expert just used (freq_step = step), in scalar arithmetic with numpy's powers."""
+        freq, layer, last_step = float(self.freq[f]), int(self.layer_of[f]), float(self.last_step[f])
+        keys = []
+        for passed in (0, 1):
+            q = min(math.floor(freq * float(self._decay01[passed]) * _FREQ_SCALE), _FREQ_CAP)
+            keys.append(self._pack(self.step + passed - last_step, float(q), 511.0 - layer - passed * self.L))
+        self._fb_passed[f] = keys[1]
+        self._fb[f] = keys[1] if layer <= self._fb_layer else keys[0]
+
+    def fallback_key(self, flat: np.ndarray) -> np.ndarray:
+        """[n] the packed fallback keys of experts flat [n] (smaller = evict first), up to a constant."""
+        return self._current_fallback()[flat]
+
+    # ---- asked --------------------------------------------------------------------------------------
+    def victim(self, candidates: np.ndarray, lo: int) -> int:
+        flat = np.flatnonzero(candidates) + lo
+        nxt = self.next_use()[flat]
+        farthest = flat[nxt == nxt.max()]
+        return int(farthest[np.argmin(self.fallback_key(farthest))])
+
+    def victims(self, candidates: np.ndarray, lo: int, m: int) -> np.ndarray:
+        flat = np.flatnonzero(candidates) + lo
+        order = np.lexsort((self.fallback_key(flat), -self.next_use()[flat]))
+        return flat[order[:m]]
 
     def admit(self, new: int, victim: int) -> bool:
         nxt = self.next_use()
