@@ -108,6 +108,7 @@ class Decoder:
         self.gate_accuracy = policies.config.prefetch.gate_accuracy if policies.config.prefetch.kind == "gate" else None
         self.step = 0
         self.row_bytes = self.L * self.K * 4  # int16 ids + bf16 gate weights of one draft forward
+        self._whole_layer = np.array([WHOLE_LAYER])
 
     def run(self):
         for i, seq in enumerate(self.trace.sequences):
@@ -249,11 +250,11 @@ class Decoder:
                 return busy
             return (yield from self._fold(layer, experts, flat, cost, env.now))  # prefetches in flight only
         order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first
-        ids = [WHOLE_LAYER] if self.system.transfer == "layer" else experts[missing][order].tolist()
+        ids = self._whole_layer if self.system.transfer == "layer" else experts[missing][order]
         batch = m.demand(self.step, layer, ids)
         t = env.now
         yield batch.ready  # the engine has started (some of) the misses: landing times known
-        if not batch.experts:  # all of them started: one fold over every expert
+        if not batch.experts.size:  # all of them started: one fold over every expert
             return (yield from self._fold(layer, experts, flat, cost, t))
         busy, pending = 0.0, np.ones(flat.size, dtype=bool)
         while True:  # some misses wait for a slot: fold whatever has started, else wait for the engine

@@ -51,11 +51,13 @@ class PrefetchBatch:
 
 
 class DemandBatch:
-    """A running layer's misses. `ready` fires each time the engine has started some of them; `experts`
-    then holds the ones still waiting for a slot (empty when all are on their way)."""
+    """A running layer's misses, expert ids [m] (WHOLE_LAYER alone: the whole layer in one copy). `ready`
+    fires each time the engine has started some of them; `experts` then holds the ones still waiting for
+    a slot (empty when all are on their way)."""
 
-    def __init__(self, layer: int, experts: list[int], ready: simpy.Event) -> None:
+    def __init__(self, layer: int, experts: np.ndarray, ready: simpy.Event) -> None:
         self.layer, self.experts, self.ready = layer, experts, ready
+        self.whole_layer = experts.size == 1 and experts[0] == WHOLE_LAYER
 
     def announce(self, env: simpy.Environment) -> None:
         done, self.ready = self.ready, env.event()
@@ -69,6 +71,7 @@ class Machine:
         self.E, self.expert_bytes, self.pinned = cache.E, expert_bytes, pinned
         self.copy_s = hw.h2d_time_s(expert_bytes, pinned)
         self.layer_copy_s = hw.h2d_time_s(expert_bytes * cache.E, pinned)
+        self._copy_ends_s = self.copy_s * np.arange(1, cache.L * cache.E + 1)  # ends of back-to-back copies
         self.progress = (0, -1)  # (step, layer) the compute stream is at; set by the decoder
         self._heap: list[tuple] = []
         self._parked: list[tuple] = []  # a heap of prefetches the cache refused, retried after unpark()
@@ -110,8 +113,8 @@ class Machine:
             items.sort()
             self._push((PREFETCH, *items[0][:3], PrefetchBatch(items)))
 
-    def demand(self, step: int, layer: int, experts: list[int]) -> DemandBatch:
-        """Queue the misses of a running layer (WHOLE_LAYER: the whole layer in one copy, hf-offload)."""
+    def demand(self, step: int, layer: int, experts: np.ndarray) -> DemandBatch:
+        """Queue the misses [m] of a running layer ([WHOLE_LAYER]: the whole layer in one copy, hf-offload)."""
         batch = DemandBatch(layer, experts, self.env.event())
         self._push((DEMAND, step, layer, 0.0, batch))
         return batch
@@ -211,11 +214,11 @@ class Machine:
     def _demand(self, entry: tuple):
         """Claim slots for as many of the batch's misses as fit, copy them back to back, fire batch.ready."""
         batch: DemandBatch = entry[5]
-        if batch.experts == [WHOLE_LAYER]:
+        if batch.whole_layer:
             yield from self._layer_copy(batch)
             return
-        cache, t = self.cache, self.env.now
-        flats = np.array(batch.experts, dtype=np.int64) + batch.layer * self.E
+        cache, t, lo = self.cache, self.env.now, batch.layer * self.E
+        flats = batch.experts + lo
         flats = flats[cache.state[flats] == ABSENT]
         granted, victims = cache.reserve_many(flats) if flats.size else (0, [])
         if victims and self.rec.enabled:
@@ -226,19 +229,19 @@ class Machine:
             for flat in started.tolist():
                 t = self._start(flat, -1, t, "demand")
         elif granted:  # back to back at full rate: one vectorized account
-            self.land_at[started] = t + self.copy_s * np.arange(1, granted + 1)
+            self.land_at[started] = t + self._copy_ends_s[:granted]
             t += granted * self.copy_s
             self._account(self.env.now, t, self.expert_bytes * granted, batch.layer, -1, "demand", granted)
-        waiting = (flats[granted:] - batch.layer * self.E).tolist()
+        waiting = flats[granted:] - lo
         batch.experts = waiting
         batch.announce(self.env)
-        if waiting:  # no evictable slot: retry after the compute stream releases one
+        if waiting.size:  # no evictable slot: retry after the compute stream releases one
             heapq.heappush(self._heap, entry)
             self._slot_wait = self.env.event()
         if granted:
             yield self.env.timeout(t - self.env.now)
             cache.landed(started)
-        if waiting and self._slot_wait is not None and not self._slot_wait.triggered:
+        if waiting.size and self._slot_wait is not None and not self._slot_wait.triggered:
             yield self._slot_wait
 
     def _layer_copy(self, batch: DemandBatch):
@@ -258,7 +261,7 @@ class Machine:
         end = self.env.now + self._duration(self.layer_copy_s, self.expert_bytes * len(flats), self.env.now)
         self._account(self.env.now, end, self.expert_bytes * len(flats), batch.layer, WHOLE_LAYER, "demand")
         self.land_at[flats] = end
-        batch.experts = []
+        batch.experts = flats[:0]
         batch.announce(self.env)
         yield self.env.timeout(end - self.env.now)
         self.cache.landed(flats)

@@ -34,6 +34,7 @@ class ExpertLookaheadBuffer:
         self.reuse = np.zeros((layers, experts), dtype=np.int32)
         self.confidence = np.zeros((layers, experts), dtype=np.float64)
         self.first_row = np.full((layers, experts), FAR, dtype=np.int64)
+        self._predicted_layer = np.full(layers * experts, -1)  # [L*E] layer of each predicted expert, else -1
         self.k = 0
         self.rows = 0
         self.verify_layer = -1
@@ -45,6 +46,7 @@ class ExpertLookaheadBuffer:
         self.reuse[:] = 0
         self.confidence[:] = 0.0
         self.first_row[:] = FAR
+        self._predicted_layer[:] = -1
         self.k, self.rows, self.verify_layer = k, 0, -1
         self.version += 1
 
@@ -55,6 +57,7 @@ class ExpertLookaheadBuffer:
         self.confidence[self._rows, ids] += weights
         at = (self._rows, ids)  # distinct (layer, expert) pairs, so a plain gather/scatter (no ufunc.at)
         self.first_row[at] = np.minimum(self.first_row[at], self.rows)
+        self._predicted_layer = np.where(self.mask.ravel(), self._layer_of, -1)
         self.rows += 1
         self.version += 1
 
@@ -65,6 +68,5 @@ class ExpertLookaheadBuffer:
 
     def next_use(self) -> np.ndarray:
         """[L*E] layers until verification needs each expert (FAR when the ELB does not predict a use)."""
-        dist = self._layer_of - max(self.verify_layer, 0)
-        pending = self.mask.ravel() & (dist >= 0)
-        return np.where(pending, dist, FAR)
+        dist = self._predicted_layer - max(self.verify_layer, 0)  # [L*E] negative: passed or not predicted
+        return np.where(dist >= 0, dist, FAR)

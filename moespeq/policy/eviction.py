@@ -53,7 +53,7 @@ class EvictionPolicy:
         n = layers * experts
         self.L, self.E, self.decay = layers, experts, decay
         self.last_use = np.zeros(n, dtype=np.float64)  # access clock of the last use (or insertion)
-        self.count = np.zeros(n, dtype=np.float64)  # plain use count
+        self.count = np.zeros(n, dtype=np.float64)  # plain use count (kept by LFU, the one rule that reads it)
         self.freq = np.zeros(n, dtype=np.float64)  # decayed count as of freq_step
         self.freq_step = np.zeros(n, dtype=np.float64)
         self.last_step = np.zeros(n, dtype=np.float64)  # step of the last use (an access, not a prefetch)
@@ -68,7 +68,6 @@ class EvictionPolicy:
         self.step, self.layer = step, layer
 
     def _use(self, flat: np.ndarray | int) -> None:
-        self.count[flat] += 1
         self.freq[flat] = self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) + 1.0
         self.freq_step[flat] = self.step
         self._refresh(flat)
@@ -158,6 +157,10 @@ class LRU(EvictionPolicy):
 
 class LFU(EvictionPolicy):
     name = "lfu"
+
+    def _use(self, flat: np.ndarray | int) -> None:
+        self.count[flat] += 1
+        super()._use(flat)
 
     def keys(self, lo: int, hi: int) -> list[np.ndarray]:
         return [self.count[lo:hi] * _CLOCK_LIMIT + self.last_use[lo:hi]]
