@@ -252,6 +252,8 @@ class _NextUse(EvictionPolicy):
         return self._fb
 
     def _use(self, flat: np.ndarray | int) -> None:
+        """Also repack the used experts' fallback keys. An array comes from ExpertCache.access: experts of
+        one layer; a single expert, from a prefetch landing."""
         super()._use(flat)
         if self._fb_step != self.step:
             return  # the keys are rebuilt at the next decision
@@ -259,8 +261,9 @@ class _NextUse(EvictionPolicy):
             self._repack_one(int(flat))
             return
         layer = int(self.layer_of[flat[0]])
-        if layer <= self.layer and self.last_step[flat[0]] == self.step and (self.layer_of[flat] == layer).all():
-            # an access by a reached layer: one step old at the next step's opportunity, frequency x decay
+        if layer <= self.layer and self.last_step[flat[0]] == self.step:
+            # accessed by the layer the pass is at: one step old at the next step's opportunity
+            # (last_step = freq_step = step), frequency times decay^1 (numpy's power)
             freq = np.minimum(np.floor(self.freq[flat] * self._decay01[1] * _FREQ_SCALE), _FREQ_CAP)
             self._fb[flat] = self._fb_passed[flat] = self._pack(1.0, freq, 511.0 - layer - self.L)
         else:
