@@ -109,6 +109,7 @@ class Decoder:
         self.step = 0
         self.row_bytes = self.L * self.K * 4  # int16 ids + bf16 gate weights of one draft forward
         self._whole_layer = np.array([WHOLE_LAYER])
+        self.whole_layers = system.transfer == "layer"  # hf-offload: a miss copies the whole layer
 
     def run(self):
         for i, seq in enumerate(self.trace.sequences):
@@ -250,7 +251,7 @@ class Decoder:
                 return busy
             return (yield from self._fold(layer, experts, flat, cost, env.now))  # prefetches in flight only
         order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first
-        ids = self._whole_layer if self.system.transfer == "layer" else experts[missing][order]
+        ids = self._whole_layer if self.whole_layers else experts[missing][order]
         batch = m.demand(self.step, layer, ids)
         t = env.now
         yield batch.ready  # the engine has started (some of) the misses: landing times known
@@ -278,14 +279,15 @@ class Decoder:
         land = np.where(cache.state[flat] == RESIDENT, t, np.maximum(t, m.land_at[flat]))  # [a]
         order = np.argsort(land, kind="stable")
         land, c = land[order], cost[order] * (m.compute_s(1.0))  # [a], [a]
-        end = max(t + c.sum(), float((land + np.cumsum(c[::-1])[::-1]).max()))
+        total = c.sum()
+        end = max(t + total, float((land + np.cumsum(c[::-1])[::-1]).max()))
         if end > env.now:
             yield env.timeout(end - env.now)
         if self.rec.enabled:
             self._record_fold(layer, experts[order], land, c, t)
         cache.release(flat)
         m.notify_release()
-        busy = float(c.sum())
+        busy = float(total)
         return (busy, end) if with_end else busy
 
     def _record_fold(self, layer: int, experts: np.ndarray, land: np.ndarray, cost: np.ndarray, t: float) -> None:

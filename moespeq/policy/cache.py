@@ -207,7 +207,7 @@ class ExpertCache:
     def landed(self, flat: int | np.ndarray) -> None:
         """Copies of flat (one index, or several demand copies [m]) finished."""
         self.state[flat] = RESIDENT
-        prefetched = bool(self.prefetched[flat]) if np.ndim(flat) == 0 else False
+        prefetched = False if isinstance(flat, np.ndarray) else bool(self.prefetched[flat])
         self.eviction.on_insert(flat, self.clock, prefetched)
 
     def preload(self, flat: Sequence[int]) -> None:
