@@ -37,7 +37,7 @@ from moespeq.events import (
 )
 from moespeq.policy import Policies
 from moespeq.policy.cache import ABSENT, RESIDENT
-from moespeq.policy.prefetch import Request
+from moespeq.policy.prefetch import Prefetcher, Request
 from moespeq.trace import LookaheadTrace, SequenceTrace
 
 from .costs import CostModel
@@ -110,6 +110,10 @@ class Decoder:
         self.row_bytes = self.L * self.K * 4  # int16 ids + bf16 gate weights of one draft forward
         self._whole_layer = np.array([WHOLE_LAYER])
         self.whole_layers = system.transfer == "layer"  # hf-offload: a miss copies the whole layer
+        # per-layer prefetch decisions, skipped for prefetchers that make none (the ELB scheduler, none)
+        kind = type(policies.prefetcher)
+        self._router_hook = kind.on_router is not Prefetcher.on_router
+        self._layer_done_hook = kind.on_layer_done is not Prefetcher.on_layer_done
 
     def run(self):
         for i, seq in enumerate(self.trace.sequences):
@@ -214,9 +218,11 @@ class Decoder:
             predicted = None
             if self.gate_accuracy is not None and layer + 1 < self.L:
                 predicted = predict_next_layer(ids[:, layer + 1], self.gate_accuracy, self.E, self.rng)
-            self._issue(p.prefetcher.on_router(layer, ids[:, layer], predicted))
+            if self._router_hook:
+                self._issue(p.prefetcher.on_router(layer, ids[:, layer], predicted))
             busy0 += yield from self._experts(layer, experts, expert_tokens, cost)
-            self._issue(p.prefetcher.on_layer_done(layer))
+            if self._layer_done_hook:
+                self._issue(p.prefetcher.on_layer_done(layer))
             m.unpark()
         t0 = env.now
         yield m.compute(self.costs.head_s(tokens, context))
