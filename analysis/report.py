@@ -59,11 +59,8 @@ def systems_data(cfg: ReportConfig) -> dict[str, Any]:
     from moespeq.sim.systems import SYSTEMS
 
     trace = read_trace(cfg.trace)
-    systems = {}
-    for name in SYSTEMS:
-        result = simulate(trace, SimConfig(system=name, budget_bytes=cfg.budget_bytes, hardware=cfg.hardware,
-                                           context=cfg.context, seed=cfg.seed))
-        systems[name] = {**result.metrics, "routing_source": result.routing_source, "policy": result.policy.to_dict()}
+    systems = {name: simulate(trace, SimConfig(system=name, budget_bytes=cfg.budget_bytes, hardware=cfg.hardware,
+                                               context=cfg.context, seed=cfg.seed)).to_dict() for name in SYSTEMS}
     return {"trace": str(cfg.trace), "hardware": cfg.hardware.name, "budget_bytes": cfg.budget_bytes,
             "systems": systems}
 

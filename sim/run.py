@@ -68,6 +68,10 @@ class SimResult:
     h2d_bytes: int = 0  # whole run
     expert_bytes: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """The system's entry in `moespeq simulate --json` (and in `moespeq report`'s systems.json)."""
+        return {**self.metrics, "routing_source": self.routing_source, "policy": self.policy.to_dict()}
+
 
 def check_trace(trace: LookaheadTrace) -> None:
     """UserError when a trace names a preset model but carries another geometry."""

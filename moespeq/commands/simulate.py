@@ -77,7 +77,7 @@ def run(args) -> int:
         write_per_token(results, args.per_token)
     if args.json:
         print_json({"trace": path, "hardware": hardware.name, "budget": budget, "systems": {
-            r.system: {**r.metrics, "routing_source": r.routing_source, "policy": r.policy.to_dict()} for r in results}})
+            r.system: r.to_dict() for r in results}})
         return 0
     print(f"trace {path}: {trace.meta.model.name}, {trace.n_tokens} tokens, routing {results[0].routing_source}")
     print(f"hardware {hardware.name}, budget {args.budget} ({budget:,} bytes), seed {args.seed}")
