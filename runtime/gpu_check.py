@@ -3,8 +3,8 @@ everything written under one output folder, a short table printed last.
 
 Usage (repository root, CuPy and a GPU present):
     python runtime/gpu_check.py --out OUT_DIR
-writes OUT_DIR/gpu_tests.log, tuned_configs.json (also runtime/configs/<device>.json), bench_kernels.json,
-hw_calibrated.json, errors.log (tracebacks of any step that failed; the other steps still run).
+writes OUT_DIR/gpu_tests.log, tuned_configs.json (also runtime/configs/<device>.json), tune_timings.json (every
+candidate's time), bench_kernels.json, hw_calibrated.json, errors.log (tracebacks of any step that failed; the other steps still run).
 """
 
 from __future__ import annotations
@@ -50,23 +50,31 @@ def run_tests(out: Path, timeout_s: float) -> str:
 
 
 def tune_all(out: Path, models: list[str]) -> str:
+    """Tune every benchmark model's kernels; every candidate's time goes to tune_timings.json."""
     import cupy
 
     from moespeq.runtime.kernel_bench import LayerBench
     from moespeq.runtime.launch_config import shape_key, write_configs
     from moespeq.runtime.moe_kernels import device_info
-    from moespeq.runtime.tune import tune
+    from moespeq.runtime.tune import fastest, time_candidates
     from moespeq.spec import get_model
 
-    command = "python runtime/gpu_check.py (tune step: runtime.tune.tune over the benchmark models, T=1,4,8,16)"
+    command = "python runtime/gpu_check.py (tune step: runtime.tune over the benchmark models, T=1,4,8,16)"
+    timings: dict[str, dict] = {}
     for name in models:
         lb = LayerBench.build(get_model(name))
         key = shape_key(lb.geo.hidden, lb.geo.moe_ffn)
-        best = {k: {key: {t: c for t, (c, _) in tune(lb, k, TUNE_TOKENS).items()}} for k in ("moe_int4", "moe_bf16")}
+        best = {}
+        for kernel in ("moe_int4", "moe_bf16"):
+            timed = time_candidates(lb, kernel, TUNE_TOKENS)
+            best[kernel] = {key: {t: cfg for t, (cfg, _) in fastest(timed).items()}}
+            timings.setdefault(name, {})[kernel] = {t: [{**cfg.to_dict(), "us": s * 1e6} for cfg, s in rows]
+                                                    for t, rows in timed.items()}
         path = write_configs(device_info().name, command, best)
         del lb
         cupy.get_default_memory_pool().free_all_blocks()
     shutil.copy(path, out / "tuned_configs.json")
+    (out / "tune_timings.json").write_text(json.dumps({"command": command, "timings": timings}, indent=1) + "\n")
     return str(path.relative_to(ROOT))
 
 

@@ -1,8 +1,9 @@
 """Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
 
 Candidates: 4 or 8 warps per block with 1, 2, 4 or (8 warps) 8 of them per row tile, the most blocks per SM that fit
-and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
-through launch_config.write_configs.
+and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split); for the INT4
+layer at T <= 8 also the streaming kernel with 4 or 8 warps and 2 to 12 ring stages per warp, as many blocks per SM
+as fit. The result goes to runtime/configs/<device>.json through launch_config.write_configs.
 
 Usage:
     best = tune(layer_bench, "moe_int4", tokens=(1, 4, 8))   # {tokens: (LaunchConfig, seconds)}
@@ -14,14 +15,15 @@ import logging
 from collections.abc import Sequence
 
 from moespeq.runtime.kernel_bench import LayerBench
-from moespeq.runtime.launch_config import LaunchConfig
-from moespeq.runtime.moe_kernels import get_kernel, occupancy
+from moespeq.runtime.launch_config import STREAM_MAX_TOKENS, LaunchConfig
+from moespeq.runtime.moe_kernels import get_kernel, occupancy, stream_fits, stream_ring_bytes
 from moespeq.runtime.timing import median_time_s
 
 log = logging.getLogger(__name__)
 
 _FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
               "moe_bf16": ("expert_bf16", "moe_bf16_t8", "moe_bf16_t16")}
+STREAM_STAGES = (2, 3, 4, 6, 8, 12)
 
 
 def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[LaunchConfig]:
@@ -33,17 +35,33 @@ def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[
         most = min(4, occupancy(fn, warps))
         out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
                 for blocks in sorted({max(1, most - 1), most}) for j in splits]
+    if kernel == "moe_int4" and tokens <= STREAM_MAX_TOKENS:
+        out += stream_candidates(tokens)
     return out
+
+
+def stream_candidates(tokens: int) -> list[LaunchConfig]:
+    """Streaming-kernel configurations whose rings fit, each with as many blocks per SM as fit."""
+    fn = get_kernel("int4_moe", "moe_int4_stream")
+    return [LaunchConfig(warps, occupancy(fn, warps, stream_ring_bytes(warps, stages, tokens)), stages=stages)
+            for warps in (4, 8) for stages in STREAM_STAGES if stream_fits(warps, stages, tokens)]
+
+
+def time_candidates(lb: LayerBench, kernel: str, tokens: Sequence[int],
+                    iters: int = 20) -> dict[int, list[tuple[LaunchConfig, float]]]:
+    """Every candidate's median seconds per token count for one model's shapes."""
+    call = lb.int4_call if kernel == "moe_int4" else lb.bf16_call
+    return {t: [(cfg, median_time_s(call(t, cfg), iters=iters, warmup=3))
+                for cfg in candidates(kernel, t, lb.geo.moe_ffn, lb.workspace.max_splits)] for t in tokens}
+
+
+def fastest(timings: dict[int, list[tuple[LaunchConfig, float]]]) -> dict[int, tuple[LaunchConfig, float]]:
+    return {t: min(timed, key=lambda pair: pair[1]) for t, timed in timings.items()}
 
 
 def tune(lb: LayerBench, kernel: str, tokens: Sequence[int], iters: int = 20) -> dict[int, tuple[LaunchConfig, float]]:
     """Fastest configuration per token count for one model's shapes."""
-    call = lb.int4_call if kernel == "moe_int4" else lb.bf16_call
-    best = {}
-    for t in tokens:
-        timed = [(median_time_s(call(t, cfg), iters=iters, warmup=3), cfg)
-                 for cfg in candidates(kernel, t, lb.geo.moe_ffn, lb.workspace.max_splits)]
-        seconds, cfg = min(timed, key=lambda pair: pair[0])
-        log.info("%s %s T=%d: best %s at %.1f us (of %d tried)", kernel, lb.spec.name, t, cfg, seconds * 1e6, len(timed))
-        best[t] = (cfg, seconds)
+    best = fastest(time_candidates(lb, kernel, tokens, iters))
+    for t, (cfg, seconds) in best.items():
+        log.info("%s %s T=%d: best %s at %.1f us", kernel, lb.spec.name, t, cfg, seconds * 1e6)
     return best
