@@ -4,11 +4,10 @@ A file holds, per kernel ("moe_int4", "moe_bf16") and shape key "D=<hidden>,F=<m
 parameters found at measured token counts:
 
     {"device": "NVIDIA H200", "source": "<command that measured it>",
-     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1, "k_splits": 1,
-                                                      "stages": 0}}}}}
+     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1, "k_splits": 1}}}}}
 
-Lookup takes the nearest measured token count of the exact shape (among the entries whose kernel supports it); without the file or the shape it
-falls back to DEFAULT_CONFIG with a warning, once per (kernel, device, shape, T). `moespeq calibrate` and
+Lookup takes the nearest measured token count of the exact shape; without the file or the shape it
+falls back to DEFAULT_CONFIG with a warning, once per (kernel, device, shape). `moespeq calibrate` and
 runtime/gpu_check.py write these files.
 
 Usage:
@@ -31,21 +30,17 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 KERNELS = ("moe_int4", "moe_bf16")
-STREAM_MAX_TOKENS = 8  # the streaming INT4 kernel multiplies one 8-column n-tile (int4_moe.cu)
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """warps per block; blocks per SM of the persistent grid; splits of F in the down projection; warps
-    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time); stages: 0 for
-    the tiled kernels, else the INT4 streaming kernel (T <= STREAM_MAX_TOKENS) with that many shared-memory
-    ring stages per warp (there a warp owns whole row tiles: no F or k splits)."""
+    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time)."""
 
     warps: int = 4
     blocks_per_sm: int = 2
     down_splits: int = 1
     k_splits: int = 1
-    stages: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.warps <= MAX_WARPS:
@@ -56,11 +51,6 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.down_splits={self.down_splits}: use 1..64")
         if self.k_splits < 1 or self.warps % self.k_splits:
             raise ValueError(f"LaunchConfig.k_splits={self.k_splits}: must divide warps={self.warps}")
-        if self.stages and not 2 <= self.stages <= 16:
-            raise ValueError(f"LaunchConfig.stages={self.stages}: use 0 (tiled kernels) or 2..16 (streaming kernel)")
-        if self.stages and (self.down_splits, self.k_splits) != (1, 1):
-            raise ValueError(f"LaunchConfig.stages={self.stages} with down_splits={self.down_splits}, "
-                             f"k_splits={self.k_splits}: the streaming kernel has no splits; set both to 1")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -100,15 +90,13 @@ def launch_config(kernel: str, device_name: str, hidden: int, moe_ffn: int, toke
         raise ValueError(f"kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     path = config_path(device_name)
     data = _load(path)
-    table = (data or {}).get("kernels", {}).get(kernel, {}).get(shape_key(hidden, moe_ffn)) or {}
-    # a streaming-kernel entry serves only the token counts that kernel supports
-    usable = {t: c for t, c in table.items() if tokens <= STREAM_MAX_TOKENS or not c.get("stages")}
-    if not usable:
-        _warn_once(f"no tuned {kernel} launch parameters for {shape_key(hidden, moe_ffn)}, T={tokens} on {device_name} "
+    table = (data or {}).get("kernels", {}).get(kernel, {}).get(shape_key(hidden, moe_ffn))
+    if not table:
+        _warn_once(f"no tuned {kernel} launch parameters for {shape_key(hidden, moe_ffn)} on {device_name} "
                    f"in {path}; using {DEFAULT_CONFIG} (run `moespeq calibrate` to tune)")
         return DEFAULT_CONFIG
-    nearest = min(usable, key=lambda t: (abs(int(t) - tokens), int(t)))
-    return LaunchConfig(**usable[nearest])
+    nearest = min(table, key=lambda t: (abs(int(t) - tokens), int(t)))
+    return LaunchConfig(**table[nearest])
 
 
 def write_configs(device_name: str, source: str, best: dict[str, dict[str, dict[str, LaunchConfig]]],

@@ -1,7 +1,6 @@
 """CUDA launchers of the MoE layer kernels (runtime/kernels/*.cu through one cupy.RawModule per file).
 
-  launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum (the tiled
-                   kernels, or for T <= 8 when config.stages > 0 the streaming one with shared-memory rings)
+  launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum
   launch_moe_bf16  bf16 verify layer: experts from the cache arena through the device slot table
 
 Routing ids and weights stay on the device: nothing here reads them on the host. Import only with CuPy;
@@ -23,7 +22,7 @@ import numpy as np
 
 from moespeq.runtime.int4_pack import Int4Experts
 from moespeq.runtime.kernel_source import kernel_source
-from moespeq.runtime.launch_config import STREAM_MAX_TOKENS, LaunchConfig
+from moespeq.runtime.launch_config import LaunchConfig
 from moespeq.runtime.layout import ExpertGeometry, SlotArena
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ class DeviceInfo:
     sm_count: int
     regs_per_sm: int
     smem_per_sm_bytes: int
-    smem_per_block_optin_bytes: int
     max_threads_per_sm: int
     l2_bytes: int
 
@@ -64,42 +62,19 @@ def device_info() -> DeviceInfo:
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return DeviceInfo(name, props["multiProcessorCount"], props["regsPerMultiprocessor"],
-                      props["sharedMemPerMultiprocessor"], props["sharedMemPerBlockOptin"],
-                      props["maxThreadsPerMultiProcessor"], props["l2CacheSize"])
+                      props["sharedMemPerMultiprocessor"], props["maxThreadsPerMultiProcessor"], props["l2CacheSize"])
 
 
 @functools.cache
-def occupancy(kernel: cupy.RawKernel, warps: int, dynamic_smem_bytes: int = 0) -> int:
+def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
     """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
     assert 32 * warps <= kernel.max_threads_per_block, (warps, kernel.max_threads_per_block)  # once per kernel and size
     dev = device_info()
     regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
     by_regs = dev.regs_per_sm // (regs_per_warp * warps)
-    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + dynamic_smem_bytes + 1024)  # 1 KiB reserved per block
+    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
     by_threads = dev.max_threads_per_sm // (32 * warps)
     return max(1, min(by_regs, by_smem, by_threads))
-
-
-# one stage of the streaming kernel: codes and scales of gate and up (or two groups of down), then one
-# 512-byte activation row per token (int4_moe.cu STREAM_HEAD, STREAM_ROW); plus an mbarrier and a tag
-_STREAM_HEAD_BYTES, _STREAM_ROW_BYTES, _STREAM_SLOT_EXTRA_BYTES = 2112, 512, 16
-
-
-def stream_ring_bytes(warps: int, stages: int, tokens: int) -> int:
-    """Dynamic shared memory of the streaming kernel: every warp's ring."""
-    return warps * stages * (_STREAM_HEAD_BYTES + tokens * _STREAM_ROW_BYTES + _STREAM_SLOT_EXTRA_BYTES)
-
-
-def stream_fits(warps: int, stages: int, tokens: int) -> bool:
-    """Whether one block of the streaming kernel with these rings fits in an SM's shared memory."""
-    kernel = get_kernel("int4_moe", "moe_int4_stream")
-    return kernel.shared_size_bytes + stream_ring_bytes(warps, stages, tokens) <= device_info().smem_per_block_optin_bytes
-
-
-@functools.cache
-def _allow_dynamic_smem(kernel: cupy.RawKernel) -> None:
-    """Let the kernel take all the shared memory a block may have (the default cap is 48 KiB)."""
-    kernel.max_dynamic_shared_size_bytes = device_info().smem_per_block_optin_bytes - kernel.shared_size_bytes
 
 
 class MoeWorkspace:
@@ -137,14 +112,12 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
     return tokens
 
 
-def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace,
-                     shared_mem: int = 0) -> tuple[tuple, tuple, int]:
-    """Persistent grid: blocks (warps, for the streaming kernel) claim work from a ticket counter. shared_mem is
-    the dynamic part (the streaming kernel's rings); routing table and scratch are static."""
+def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
     assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
-    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps, shared_mem))
-    grid = (device_info().sm_count * blocks_per_sm,)
+    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
+    grid = (device_info().sm_count * blocks_per_sm,)  # persistent: blocks claim work items from a ticket
     block = (32 * config.warps,)
+    shared_mem = 0  # all static: routing table and reduction scratch, ~40 KiB
     return grid, block, shared_mem
 
 
@@ -161,25 +134,12 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
     for m in (experts.gate, experts.up, experts.down):
         assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
         assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
-    weights = (experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales, experts.down.codes,
-               experts.down.scales)
-    shape = (np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn))
-    scratch = (out, workspace.hbuf, workspace.partial, workspace.counters)
-    if config.stages:
-        assert tokens <= STREAM_MAX_TOKENS, (tokens, config)
-        if not stream_fits(config.warps, config.stages, tokens):
-            raise ValueError(f"{config} at T={tokens}: the rings need {stream_ring_bytes(config.warps, config.stages, tokens)} "
-                             f"bytes of shared memory per block, more than the device allows; use fewer warps or stages")
-        kernel = get_kernel("int4_moe", "moe_int4_stream")
-        _allow_dynamic_smem(kernel)
-        ring_bytes = stream_ring_bytes(config.warps, config.stages, tokens)
-        grid, block, shared_mem = _launch_geometry(kernel, config, workspace, ring_bytes)
-        args = (x, topk_ids, topk_w, *weights, *scratch, *shape, np.int32(geo.max_used_experts), np.int32(config.stages))
-    else:
-        kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
-        grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
-        args = (x, topk_ids, topk_w, *weights, *scratch, *shape, np.int32(config.down_splits),
-                np.int32(config.k_splits), np.int32(geo.max_used_experts))
+    kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
+    grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
+    args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
+            experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,
+            np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
+            np.int32(geo.moe_ffn), np.int32(config.down_splits), np.int32(config.k_splits), np.int32(geo.max_used_experts))
     kernel(grid, block, args, shared_mem=shared_mem)
     return out
 
@@ -196,7 +156,6 @@ def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer:
     assert cache.arena.dtype == cupy.uint16 and cache.arena.flags.c_contiguous
     assert cache.slot_table.dtype == cupy.int32 and cache.slot_table.flags.c_contiguous
     assert 0 <= layer < cache.slot_table.shape[0], (layer, cache.slot_table.shape)
-    assert config.stages == 0, f"the streaming kernel is INT4 only: {config}"
     kernel = get_kernel("expert_bf16", "moe_bf16_t8" if tokens <= 8 else "moe_bf16_t16")
     grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     args = (x, topk_ids, topk_w, cache.arena, cache.slot_table, np.int32(layer), np.int32(cache.arena.shape[0]),

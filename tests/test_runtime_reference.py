@@ -130,16 +130,3 @@ def test_launch_config_nearest_tokens_and_fallback(tmp_path, monkeypatch, caplog
         lc.LaunchConfig(warps=9)
     with pytest.raises(ValueError, match="k_splits=3: must divide warps=4"):
         lc.LaunchConfig(warps=4, k_splits=3)
-    with pytest.raises(ValueError, match="stages=1"):
-        lc.LaunchConfig(stages=1)
-    with pytest.raises(ValueError, match="the streaming kernel has no splits"):
-        lc.LaunchConfig(warps=8, k_splits=2, stages=4)
-
-
-def test_launch_config_gives_streaming_entries_only_up_to_their_token_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(lc, "CONFIG_DIR", tmp_path)
-    stream, tiled = lc.LaunchConfig(8, 1, stages=6), lc.LaunchConfig(4, 3, 2)
-    lc.write_configs("Test GPU Y", "unit test", {"moe_int4": {lc.shape_key(256, 128): {8: stream, 16: tiled}}})
-    assert lc.launch_config("moe_int4", "Test GPU Y", 256, 128, tokens=lc.STREAM_MAX_TOKENS) == stream
-    assert lc.launch_config("moe_int4", "Test GPU Y", 256, 128, tokens=12) == tiled  # 8 is as near, but streams <= 8
-    assert lc.launch_config("moe_int4", "Test GPU Y", 256, 128, tokens=1) == stream

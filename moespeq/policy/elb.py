@@ -10,8 +10,8 @@ how confidently", never "which row":
   confidence  [L, E] float  summed gate weight over those rows
   first_row   [L, E] int    the earliest row predicting it (row 0 = the first verified token)
 
-`verify_layer` is where verification is (-1 while drafting); an expert's predicted next use is
-`layer - verify_layer` layers ahead when it is predicted at a layer not yet verified, otherwise unknown.
+`verify_layer` is where verification is (-1 while drafting); an expert predicted at a layer not yet
+verified is next used at that layer, otherwise its next use is unknown (`next_use`).
 
 Usage:
     elb = ExpertLookaheadBuffer(layers=32, experts=16); elb.start(k=4); elb.add(ids, weights)  # ids [L, K]
@@ -35,10 +35,10 @@ class ExpertLookaheadBuffer:
         self.confidence = np.zeros((layers, experts), dtype=np.float64)
         self.first_row = np.full((layers, experts), FAR, dtype=np.int64)
         self._predicted_layer = np.full(layers * experts, -1)  # [L*E] layer of each predicted expert, else -1
+        self._next_use = np.full(layers * experts, FAR, dtype=np.int64)  # [L*E] see next_use
         self.k = 0
         self.rows = 0
         self.verify_layer = -1
-        self.version = 0  # bumped on every change, so users can cache derived arrays
 
     def start(self, k: int) -> None:
         """Empty the buffer for a cycle of draft length k."""
@@ -47,8 +47,8 @@ class ExpertLookaheadBuffer:
         self.confidence[:] = 0.0
         self.first_row[:] = FAR
         self._predicted_layer[:] = -1
+        self._next_use[:] = FAR
         self.k, self.rows, self.verify_layer = k, 0, -1
-        self.version += 1
 
     def add(self, ids: np.ndarray, weights: np.ndarray) -> None:
         """Append one draft forward's routing: ids, weights [L, K] (ids distinct within a row)."""
@@ -59,14 +59,22 @@ class ExpertLookaheadBuffer:
         self.first_row[at] = np.minimum(self.first_row[at], self.rows)
         self._predicted_layer = np.where(self.mask.ravel(), self._layer_of, -1)
         self.rows += 1
-        self.version += 1
+        self._refresh_next_use()
 
     def verify_at(self, layer: int) -> None:
         """Verification is now computing `layer` (experts of earlier layers are no longer needed this cycle)."""
+        passed_from = max(self.verify_layer, 0)
         self.verify_layer = layer
-        self.version += 1
+        if layer >= passed_from:  # the usual step forward: the layers just passed lose their predictions
+            self._next_use[passed_from * self.E: layer * self.E] = FAR
+        else:  # a new pass over the same buffer (a prefill after the last cycle): earlier layers count again
+            self._refresh_next_use()
+
+    def _refresh_next_use(self) -> None:
+        self._next_use = np.where(self._predicted_layer >= max(self.verify_layer, 0), self._predicted_layer, FAR)
 
     def next_use(self) -> np.ndarray:
-        """[L*E] layers until verification needs each expert (FAR when the ELB does not predict a use)."""
-        dist = self._predicted_layer - max(self.verify_layer, 0)  # [L*E] negative: passed or not predicted
-        return np.where(dist >= 0, dist, FAR)
+        """[L*E] the verify layer at which each expert is next needed (FAR when the ELB predicts no use at
+        or after the current one). Kept current as rows arrive and verification advances, so it is cheap
+        to ask at every decision; callers must not modify it."""
+        return self._next_use

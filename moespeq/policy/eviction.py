@@ -309,14 +309,9 @@ class Lookahead(_NextUse):
                  tie_break: str = "recency-freq") -> None:
         super().__init__(layers, experts, decay, tie_break)
         self.elb = elb
-        self._cached_version = -1
-        self._next = np.full(layers * experts, FAR, dtype=np.int64)
 
     def next_use(self) -> np.ndarray:
-        if self._cached_version != self.elb.version:
-            self._next = self.elb.next_use()
-            self._cached_version = self.elb.version
-        return self._next
+        return self.elb.next_use()  # the layer of the next predicted use: a distance up to a constant
 
 
 class FutureUses:

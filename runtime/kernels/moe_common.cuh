@@ -136,55 +136,6 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
     return v;
 }
 
-// (a & b) | c in one instruction: written out because the compiler splits it in two when b and c are both
-// constants (LOP3 takes one immediate), which cost a quarter of the dequantization's instructions.
-__device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
-    unsigned d;
-    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
-// ---- shared-memory rings filled by asynchronous copies (cp.async, completion on an mbarrier) ---------------
-// Per-lane 16-byte cp.async, not the copy engine's cp.async.bulk: measured on the H200, the copy engine took
-// ~65 ns per request whatever its size up to 1 KiB, which capped a ring of 1 KiB weight copies near 1 TB/s.
-
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned)a;
-}
-
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ bool mbar_done(unsigned bar, unsigned parity) {
-    unsigned ok;
-    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-                 : "=r"(ok) : "r"(bar), "r"(parity) : "memory");
-    return ok != 0;
-}
-
-// 16 bytes from global memory (L2, not L1) into shared memory, asynchronously
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
-}
-
-// this lane's arrival on `bar` once all its earlier cp.async have landed (counts as one of the init count)
-__device__ __forceinline__ void cp_async_arrive(unsigned bar) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(bar) : "memory");
-}
-
-// A counter read that does not invalidate L1 (ld.acquire does): pair it with acquire_fence once it says go.
-__device__ __forceinline__ int ld_relaxed(const int* p) {
-    int v;
-    asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-// After a counter read saw another SM's release: order this thread's later reads after it.
-__device__ __forceinline__ void acquire_fence() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
-
 __device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // round to nearest even, NaN kept NaN
     unsigned u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)0x7fc0;
@@ -327,33 +278,10 @@ __device__ __forceinline__ void ksplit_sum(Scratch& S, float* v, int n, int KS) 
     }
 }
 
-// h = bf16(SiLU(gate) * up) of row tile r of expert u from the tile's gate and up fragments, then the tile is
-// counted done for u. The fence makes h visible device-wide before the count says so (the count is what the
-// down projection of u waits for).
-template <int NT>
-__device__ __forceinline__ void finish_gate_up(const Routing& R, const MoeArgs& p, const float* acc, int u, int r) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, cnt = R.count[u];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int n = 8 * nt + 2 * c + (i & 1), row = 16 * r + g + 8 * (i >> 1);
-            if (n < cnt) {
-                const float gv = acc[nt * 4 + i], uv = acc[NT * 4 + nt * 4 + i];
-                const float hv = gv / (1.0f + __expf(-gv)) * uv;
-                p.hbuf[((size_t)u * MOE_MAX_TOKENS + n) * p.F + row] = f32_to_bf16(hv);
-            }
-        }
-    }
-    __threadfence();
-    __syncwarp();
-    if (lane == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], 1);  // one row tile of expert u done
-}
-
 template <int NT, class Weights>
 __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
-    const int g = lane >> 2, cnt = R.count[u], ks = warp % p.KS;
+    const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
     const int r = r0 * tiles + warp / p.KS;
     const bool active = r < p.F / 16;  // the last item of an expert may be partial
     prefetch_rows([&](int n) { return p.x + (size_t)R.token[u][n] * p.D; }, cnt, 0, p.D / 64);
@@ -368,7 +296,23 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
     if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane);
     ksplit_sum(S, acc, 2 * NT * 4, p.KS);
-    if (ks == 0 && active) finish_gate_up<NT>(R, p, acc, u, r);
+    if (ks == 0 && active) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int n = 8 * nt + 2 * c + (i & 1), row = 16 * r + g + 8 * (i >> 1);
+                if (n < cnt) {
+                    const float gv = acc[nt * 4 + i], uv = acc[NT * 4 + nt * 4 + i];
+                    const float hv = gv / (1.0f + __expf(-gv)) * uv;
+                    p.hbuf[((size_t)u * MOE_MAX_TOKENS + n) * p.F + row] = f32_to_bf16(hv);
+                }
+            }
+        }
+        __threadfence();  // h visible device-wide before the completion count says so
+        __syncwarp();
+        if (lane == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], 1);  // one row tile of expert u done
+    }
 }
 
 // The last warp to finish row tile r: sum its n_used * J partials in (u, j) order, write y, re-arm the ticket.
@@ -404,12 +348,29 @@ __device__ void reduce_row_tile(const MoeArgs& p, int r, int n_used) {
     if (lane == 0) p.counters[CTR_ROWS + r] = 0;
 }
 
-// Split j of the down projection of row tile r for expert u, weighted by the gate weights, into a dense
-// token-space tile in `tile` (this warp's 256 floats of shared memory), then into its partial slot; the last
-// warp to deliver a partial of row tile r sums them all.
-template <int NT>
-__device__ void finish_down(const Routing& R, float* tile, const MoeArgs& p, const float* acc, int u, int r, int j) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, cnt = R.count[u];
+template <int NT, class Weights>
+__device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0, int j) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
+    const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
+    const int r = r0 * tiles + warp / p.KS;
+    const bool active = r < p.D / 16;
+    int lo, hi;  // this split's 64-wide chunks of F
+    Weights::split(p.F / 64, p.J, j, lo, hi);
+    prefetch_rows([&](int n) { return p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F; }, cnt, lo, hi);
+    const bf16_t* hrow[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int n = min(8 * nt + g, cnt - 1);
+        hrow[nt] = p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F;
+    }
+    float acc[NT * 4];
+#pragma unroll
+    for (int i = 0; i < NT * 4; ++i) acc[i] = 0.0f;
+    if (active && R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, lo, hi, hrow, cnt, p, ks, p.KS, lane);
+    ksplit_sum(S, acc, NT * 4, p.KS);
+    if (ks != 0 || !active) return;
+    // the row tile's first warp: its weighted fragments into a dense token-space tile, then the partial
+    float* tile = S.tile[warp];
     float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;  // this lane's 8 values of the 256
     tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     __syncwarp();
@@ -432,39 +393,6 @@ __device__ void finish_down(const Routing& R, float* tile, const MoeArgs& p, con
     if (__shfl_sync(0xffffffffu, last, 0)) {
         __threadfence();
         reduce_row_tile(p, r, R.n_used);
-    }
-}
-
-template <int NT, class Weights>
-__device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0, int j) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
-    const int g = lane >> 2, cnt = R.count[u], ks = warp % p.KS;
-    const int r = r0 * tiles + warp / p.KS;
-    const bool active = r < p.D / 16;
-    int lo, hi;  // this split's 64-wide chunks of F
-    Weights::split(p.F / 64, p.J, j, lo, hi);
-    prefetch_rows([&](int n) { return p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F; }, cnt, lo, hi);
-    const bf16_t* hrow[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        const int n = min(8 * nt + g, cnt - 1);
-        hrow[nt] = p.hbuf + ((size_t)u * MOE_MAX_TOKENS + n) * p.F;
-    }
-    float acc[NT * 4];
-#pragma unroll
-    for (int i = 0; i < NT * 4; ++i) acc[i] = 0.0f;
-    if (active && R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, lo, hi, hrow, cnt, p, ks, p.KS, lane);
-    ksplit_sum(S, acc, NT * 4, p.KS);
-    if (ks == 0 && active) finish_down<NT>(R, S.tile[warp], p, acc, u, r, j);
-}
-
-// Called by every thread once its block is done: the last block to leave re-arms the counters for the next
-// launch (every other block has taken its last ticket and left).
-__device__ __forceinline__ void finish_launch(const MoeArgs& p, int n_used) {
-    if (threadIdx.x == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
-        p.counters[CTR_TICKET] = 0;
-        p.counters[CTR_EXITED] = 0;
-        for (int u = 0; u < n_used; ++u) p.counters[CTR_ROWS + p.D / 16 + u] = 0;
     }
 }
 
@@ -526,5 +454,9 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
         __syncthreads();
         ticket = S.ticket[slot];
     }
-    finish_launch(p, n_used);
+    if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
+        p.counters[CTR_TICKET] = 0;  // every other block has taken its last ticket and left
+        p.counters[CTR_EXITED] = 0;
+        for (int u = 0; u < n_used; ++u) p1_done[u] = 0;
+    }
 }
