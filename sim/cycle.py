@@ -21,6 +21,8 @@ Usage:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import simpy
 
@@ -41,7 +43,7 @@ from moespeq.policy.prefetch import Prefetcher, Request
 from moespeq.trace import LookaheadTrace, SequenceTrace
 
 from .costs import CostModel
-from .machine import WHOLE_LAYER, Machine
+from .machine import Machine
 from .metrics import RunStats
 from .systems import SystemSpec
 
@@ -94,6 +96,15 @@ def predict_next_layer(ids: np.ndarray, accuracy: float, experts: int, rng: np.r
     return np.where(wrong, (ids + shift) % experts, ids)
 
 
+class LayerPlan(NamedTuple):
+    """One layer's expert work in a pass: the distinct experts its tokens route to, [n] each, in id order."""
+
+    experts: np.ndarray  # [n] expert ids
+    flat: np.ndarray  # [n] layer * E + expert
+    cost_s: np.ndarray  # [n] seconds of each expert's kernel over its tokens (tokens grouped by expert)
+    fetch: np.ndarray  # [n] flat, most tokens first (ties: lower id): the order its misses are fetched in
+
+
 class Decoder:
     """The compute stream: drives the policies through every step of the trace and fills RunStats."""
 
@@ -108,7 +119,6 @@ class Decoder:
         self.gate_accuracy = policies.config.prefetch.gate_accuracy if policies.config.prefetch.kind == "gate" else None
         self.step = 0
         self.row_bytes = self.L * self.K * 4  # int16 ids + bf16 gate weights of one draft forward
-        self._whole_layer = np.array([WHOLE_LAYER])
         self.whole_layers = system.transfer == "layer"  # hf-offload: a miss copies the whole layer
         # per-layer prefetch decisions, skipped for prefetchers that make none (the ELB scheduler, none)
         kind = type(policies.prefetcher)
@@ -194,6 +204,18 @@ class Decoder:
             self.m.request(requests)
 
     # ---- one forward pass (prefill or verification) -----------------------------------------------------
+    def _layer_plans(self, counts: np.ndarray) -> list[LayerPlan]:
+        """Per layer of a pass with counts [L, E] tokens per expert: what its expert phase works on."""
+        layers, experts = counts.nonzero()  # [m] each, layer-major: the order pass_experts_s uses
+        flat = layers * self.E + experts  # [m]
+        fetch = flat[np.lexsort((-counts[layers, experts], layers))]  # [m] per layer: most tokens first, stable
+        plans, a = [], 0
+        for layer_experts, _, cost in self.costs.pass_experts_s(counts):
+            b = a + layer_experts.size
+            plans.append(LayerPlan(layer_experts, flat[a:b], cost, fetch[a:b]))
+            a = b
+        return plans
+
     def _pass(self, ids: np.ndarray, context: int, kind: str):
         """Run the target over T tokens with routing ids [T, L, K] after `context` cached tokens."""
         env, p, m, step = self.env, self.p, self.m, self.step
@@ -203,7 +225,7 @@ class Decoder:
         if kind == PREFILL:
             self._issue(p.prefetcher.begin_step(step, tokens, 0))
         busy0, layer_s = 0.0, self.costs.layer_s(tokens, context)
-        per_layer = self.costs.pass_experts_s(counts)  # [(experts [n], tokens [n], seconds [n])] per layer
+        plans = self._layer_plans(counts)
         for layer in range(self.L):
             m.progress = (step, layer)
             p.cache.progress(step, layer)
@@ -213,14 +235,14 @@ class Decoder:
             busy0 += env.now - t0
             if self.rec.enabled:
                 self.rec.span(ATTENTION, "compute", t0, env.now, layer)
-            experts, expert_tokens, cost = per_layer[layer]
-            p.cache.access(layer, experts)
+            plan = plans[layer]
+            p.cache.access(layer, plan.experts)
             predicted = None
             if self.gate_accuracy is not None and layer + 1 < self.L:
                 predicted = predict_next_layer(ids[:, layer + 1], self.gate_accuracy, self.E, self.rng)
             if self._router_hook:
                 self._issue(p.prefetcher.on_router(layer, ids[:, layer], predicted))
-            busy0 += yield from self._experts(layer, experts, expert_tokens, cost)
+            busy0 += yield from self._experts(layer, plan)
             if self._layer_done_hook:
                 self._issue(p.prefetcher.on_layer_done(layer))
             m.unpark()
@@ -234,20 +256,20 @@ class Decoder:
         if self.rec.enabled:
             self.rec.span(kind, "compute", t_start, env.now, tokens=tokens)
 
-    def _experts(self, layer: int, experts: np.ndarray, tokens: np.ndarray, cost: np.ndarray):
-        """Compute a layer's experts [n] (tokens [n], seconds [n] each): resident first, the rest as they land.
+    def _experts(self, layer: int, plan: LayerPlan):
+        """Compute a layer's experts: resident first, the rest as they land.
 
         The misses go to the copy engine as one demand batch; once it has started them their landing
         times are known, and the expert kernels are folded over the landings in one timeout (`_fold`).
         Returns the compute seconds.
         """
         env, cache, m = self.env, self.p.cache, self.m
-        flat = layer * self.E + experts
-        state = cache.state[flat]
+        experts, flat, cost = plan.experts, plan.flat, plan.cost_s
+        state = cache.state
         cache.hold(flat)
-        missing = state == ABSENT
-        if not missing.any():
-            if (state == RESIDENT).all():  # the common fast path: nothing to wait for
+        misses = plan.fetch[state[plan.fetch] == ABSENT]  # [m] flat, in fetch order
+        if not misses.size:
+            if (state[flat] == RESIDENT).all():  # the common fast path: nothing to wait for
                 busy = float(cost.sum()) * m.compute_s(1.0)
                 if self.rec.enabled:
                     self._record_fold(layer, experts, np.full(flat.size, env.now), cost * m.compute_s(1.0), env.now)
@@ -256,20 +278,18 @@ class Decoder:
                 m.notify_release()
                 return busy
             return (yield from self._fold(layer, experts, flat, cost, env.now))  # prefetches in flight only
-        order = np.argsort(-tokens[missing], kind="stable")  # experts with more tokens first
-        ids = self._whole_layer if self.whole_layers else experts[missing][order]
-        batch = m.demand(self.step, layer, ids)
+        batch = m.demand(self.step, layer, misses, whole_layer=self.whole_layers)
         t = env.now
         yield batch.ready  # the engine has started (some of) the misses: landing times known
-        if not batch.experts.size:  # all of them started: one fold over every expert
+        if not batch.flats.size:  # all of them started: one fold over every expert
             return (yield from self._fold(layer, experts, flat, cost, t))
         busy, pending = 0.0, np.ones(flat.size, dtype=bool)
         while True:  # some misses wait for a slot: fold whatever has started, else wait for the engine
-            avail = pending & (cache.state[flat] != ABSENT)
+            avail = pending & (state[flat] != ABSENT)
             if not avail.any():
                 yield batch.ready
                 continue
-            sub = np.flatnonzero(avail)
+            sub = avail.nonzero()[0]
             fold_busy, t = yield from self._fold(layer, experts[sub], flat[sub], cost[sub], t, with_end=True)
             busy += fold_busy
             pending &= ~avail
@@ -282,11 +302,12 @@ class Decoder:
         t_i = max(t_{i-1}, avail_i) + c_i, i.e. end = max(t + sum c, max_i (avail_i + sum_{j >= i} c_j)),
         in one timeout; release them. Returns the compute seconds (and the end time if with_end)."""
         env, cache, m = self.env, self.p.cache, self.m
-        land = np.where(cache.state[flat] == RESIDENT, t, np.maximum(t, m.land_at[flat]))  # [a]
-        order = np.argsort(land, kind="stable")
-        land, c = land[order], cost[order] * (m.compute_s(1.0))  # [a], [a]
+        land = np.maximum(t, m.land_at[flat])  # [a] copies in flight land when they land
+        land[cache.state[flat] == RESIDENT] = t  # resident ones are there from the start
+        order = land.argsort(kind="stable")
+        land, c = land[order], cost[order] * m.compute_s(1.0)  # [a], [a]
         total = c.sum()
-        end = max(t + total, float((land + np.cumsum(c[::-1])[::-1]).max()))
+        end = max(t + total, float((land + c[::-1].cumsum()[::-1]).max()))
         if end > env.now:
             yield env.timeout(end - env.now)
         if self.rec.enabled:

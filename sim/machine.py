@@ -38,7 +38,7 @@ from moespeq.hardware import HardwareProfile
 from moespeq.policy.cache import ABSENT, OK, ExpertCache
 
 DEMAND, PREFETCH, D2H = 0, 1, -1
-WHOLE_LAYER = -1  # expert id of a copy that moves every expert of a layer at once (hf-offload)
+WHOLE_LAYER = -1  # expert id recorded for a copy that moves every expert of a layer at once (hf-offload)
 
 
 class PrefetchBatch:
@@ -51,13 +51,12 @@ class PrefetchBatch:
 
 
 class DemandBatch:
-    """A running layer's misses, expert ids [m] (WHOLE_LAYER alone: the whole layer in one copy). `ready`
-    fires each time the engine has started some of them; `experts` then holds the ones still waiting for
-    a slot (empty when all are on their way)."""
+    """A running layer's misses, flat indices [m] (whole_layer: every absent expert of the layer, in one
+    copy). `ready` fires each time the engine has started some of them; `flats` then holds the ones still
+    waiting for a slot (empty when all are on their way)."""
 
-    def __init__(self, layer: int, experts: np.ndarray, ready: simpy.Event) -> None:
-        self.layer, self.experts, self.ready = layer, experts, ready
-        self.whole_layer = experts.size == 1 and experts[0] == WHOLE_LAYER
+    def __init__(self, layer: int, flats: np.ndarray, whole_layer: bool, ready: simpy.Event) -> None:
+        self.layer, self.flats, self.whole_layer, self.ready = layer, flats, whole_layer, ready
 
     def announce(self, env: simpy.Environment) -> None:
         done, self.ready = self.ready, env.event()
@@ -113,9 +112,10 @@ class Machine:
             items.sort()
             self._push((PREFETCH, *items[0][:3], PrefetchBatch(items)))
 
-    def demand(self, step: int, layer: int, experts: np.ndarray) -> DemandBatch:
-        """Queue the misses [m] of a running layer ([WHOLE_LAYER]: the whole layer in one copy, hf-offload)."""
-        batch = DemandBatch(layer, experts, self.env.event())
+    def demand(self, step: int, layer: int, flats: np.ndarray, whole_layer: bool = False) -> DemandBatch:
+        """Queue the misses (flat indices [m]) of a running layer, copied in this order; whole_layer: the
+        layer's absent experts in one copy instead (hf-offload)."""
+        batch = DemandBatch(layer, flats, whole_layer, self.env.event())
         self._push((DEMAND, step, layer, 0.0, batch))
         return batch
 
@@ -217,9 +217,8 @@ class Machine:
         if batch.whole_layer:
             yield from self._layer_copy(batch)
             return
-        cache, t, lo = self.cache, self.env.now, batch.layer * self.E
-        flats = batch.experts + lo
-        flats = flats[cache.state[flats] == ABSENT]
+        cache, t = self.cache, self.env.now
+        flats = batch.flats[cache.state[batch.flats] == ABSENT]
         granted, victims = cache.reserve_many(flats) if flats.size else (0, [])
         if victims and self.rec.enabled:
             for victim in victims:
@@ -232,8 +231,8 @@ class Machine:
             self.land_at[started] = t + self._copy_ends_s[:granted]
             t += granted * self.copy_s
             self._account(self.env.now, t, self.expert_bytes * granted, batch.layer, -1, "demand", granted)
-        waiting = flats[granted:] - lo
-        batch.experts = waiting
+        waiting = flats[granted:]
+        batch.flats = waiting
         batch.announce(self.env)
         if waiting.size:  # no evictable slot: retry after the compute stream releases one
             heapq.heappush(self._heap, entry)
@@ -261,7 +260,7 @@ class Machine:
         end = self.env.now + self._duration(self.layer_copy_s, self.expert_bytes * len(flats), self.env.now)
         self._account(self.env.now, end, self.expert_bytes * len(flats), batch.layer, WHOLE_LAYER, "demand")
         self.land_at[flats] = end
-        batch.experts = flats[:0]
+        batch.flats = flats[:0]
         batch.announce(self.env)
         yield self.env.timeout(end - self.env.now)
         self.cache.landed(flats)
