@@ -1,9 +1,8 @@
 """Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
 
 Candidates: 4 or 8 warps per block with 1, 2, 4 or (8 warps) 8 of them per row tile, the most blocks per SM that fit
-and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split); for the INT4
-layer at T <= 8 also the streaming kernel with 4 or 8 warps and 2 to 12 ring stages per warp, as many blocks per SM
-as fit. The result goes to runtime/configs/<device>.json through launch_config.write_configs.
+and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
+through launch_config.write_configs.
 
 Usage:
     best = tune(layer_bench, "moe_int4", tokens=(1, 4, 8))   # {tokens: (LaunchConfig, seconds)}
@@ -15,15 +14,14 @@ import logging
 from collections.abc import Sequence
 
 from moespeq.runtime.kernel_bench import LayerBench
-from moespeq.runtime.launch_config import STREAM_MAX_TOKENS, LaunchConfig
-from moespeq.runtime.moe_kernels import get_kernel, occupancy, stream_fits, stream_ring_bytes
+from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.moe_kernels import get_kernel, occupancy
 from moespeq.runtime.timing import median_time_s
 
 log = logging.getLogger(__name__)
 
 _FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
               "moe_bf16": ("expert_bf16", "moe_bf16_t8", "moe_bf16_t16")}
-STREAM_STAGES = (2, 3, 4, 6, 8, 12)
 
 
 def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[LaunchConfig]:
@@ -35,16 +33,7 @@ def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[
         most = min(4, occupancy(fn, warps))
         out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
                 for blocks in sorted({max(1, most - 1), most}) for j in splits]
-    if kernel == "moe_int4" and tokens <= STREAM_MAX_TOKENS:
-        out += stream_candidates(tokens)
     return out
-
-
-def stream_candidates(tokens: int) -> list[LaunchConfig]:
-    """Streaming-kernel configurations whose rings fit, each with as many blocks per SM as fit."""
-    fn = get_kernel("int4_moe", "moe_int4_stream")
-    return [LaunchConfig(warps, occupancy(fn, warps, stream_ring_bytes(warps, stages, tokens)), stages=stages)
-            for warps in (4, 8) for stages in STREAM_STAGES if stream_fits(warps, stages, tokens)]
 
 
 def time_candidates(lb: LayerBench, kernel: str, tokens: Sequence[int],

@@ -46,7 +46,7 @@ struct Int4Weights {
     static __device__ __forceinline__ void dequant(unsigned w, unsigned (&a)[4]) {
         const unsigned MAGIC = 0x43004300u, ONE = 0x3f803f80u, MINUS_136 = 0xc308c308u;
 #pragma unroll
-        for (int s = 0; s < 4; ++s) a[s] = bf16x2_fma(((w >> (4 * s)) & 0x000f000fu) | MAGIC, ONE, MINUS_136);
+        for (int s = 0; s < 4; ++s) a[s] = bf16x2_fma(and_or(w >> (4 * s), 0x000f000fu, MAGIC), ONE, MINUS_136);
     }
 
     // acc[m][NT][4] += scale-per-row * (q_m @ b) for the M matrices (gate and up, or down) of one 128-wide
@@ -164,9 +164,8 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
     moe_layer<NT>(p, w);
 }
 
-// T <= 8 tokens (one n-tile) and T <= 16 (two)
-#define MOE_INT4_ENTRY(NAME, NT)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) NAME(                                      \
+#define MOE_INT4_ENTRY(NAME, NT, BOUNDS)                                                                          \
+    extern "C" __global__ void BOUNDS NAME(                                                                      \
         const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q, const unsigned* gate_s,           \
         const uint4* up_q, const unsigned* up_s, const uint4* down_q, const unsigned* down_s, bf16_t* y,          \
         bf16_t* hbuf, float* partial, int* counters, int T, int K, int E, int D, int F, int J, int KS,           \
@@ -175,5 +174,7 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
                      D, F, J, KS, u_cap);                                                                         \
     }
 
-MOE_INT4_ENTRY(moe_int4_t8, 1)
-MOE_INT4_ENTRY(moe_int4_t16, 2)
+// T <= 8 tokens (one n-tile) and T <= 16 (two). T <= 16: at most 168 registers, so that 3 blocks of 4 warps fit
+// an SM; NVRTC otherwise allocates 202 (2 blocks: 20-25 % slower at T = 16, run 11), and 168 does not spill.
+MOE_INT4_ENTRY(moe_int4_t8, 1, __launch_bounds__(MOE_MAX_WARPS * 32))
+MOE_INT4_ENTRY(moe_int4_t16, 2, __maxnreg__(168))

@@ -136,6 +136,14 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
     return v;
 }
 
+// (a & b) | c in one instruction: written out because the compiler splits it in two when b and c are both
+// constants (LOP3 takes one immediate); that was 4 of the 15 instructions a packed word cost to dequantize.
+__device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
+    unsigned d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
 __device__ __forceinline__ bf16_t f32_to_bf16(float f) {  // round to nearest even, NaN kept NaN
     unsigned u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)0x7fc0;
