@@ -138,7 +138,7 @@ class ExpertCache:
         if self._used[pool] >= self.capacity[pool]:
             lo, hi = self._range[pool]
             candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
-            if not candidates.any():
+            if not np.count_nonzero(candidates):
                 return NO_ROOM, -1
             victim = self.eviction.victim(candidates, lo)
             if not demand and not self.eviction.admit(flat, victim):

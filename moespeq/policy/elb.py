@@ -28,12 +28,14 @@ FAR = 1 << 20
 class ExpertLookaheadBuffer:
     def __init__(self, layers: int, experts: int) -> None:
         self.L, self.E = layers, experts
-        self._rows = np.arange(layers)[:, None]  # [L, 1] for fancy indexing with ids [L, K]
+        self._row_starts = np.arange(layers)[:, None] * experts  # [L, 1] flat index of each layer's expert 0
         self._layer_of = np.repeat(np.arange(layers), experts)  # [L*E] layer of each flat index
         self.mask = np.zeros((layers, experts), dtype=bool)
         self.reuse = np.zeros((layers, experts), dtype=np.int32)
         self.confidence = np.zeros((layers, experts), dtype=np.float64)
         self.first_row = np.full((layers, experts), FAR, dtype=np.int64)
+        # [L*E] views of the four, for flat indexing
+        self._flat_views = tuple(a.reshape(-1) for a in (self.mask, self.reuse, self.confidence, self.first_row))
         self._predicted_layer = np.full(layers * experts, -1)  # [L*E] layer of each predicted expert, else -1
         self._next_use = np.full(layers * experts, FAR, dtype=np.int64)  # [L*E] see next_use
         self.k = 0
@@ -52,12 +54,13 @@ class ExpertLookaheadBuffer:
 
     def add(self, ids: np.ndarray, weights: np.ndarray) -> None:
         """Append one draft forward's routing: ids, weights [L, K] (ids distinct within a row)."""
-        self.mask[self._rows, ids] = True
-        self.reuse[self._rows, ids] += 1
-        self.confidence[self._rows, ids] += weights
-        at = (self._rows, ids)  # distinct (layer, expert) pairs, so a plain gather/scatter (no ufunc.at)
-        self.first_row[at] = np.minimum(self.first_row[at], self.rows)
-        self._predicted_layer = np.where(self.mask.ravel(), self._layer_of, -1)
+        mask, reuse, confidence, first_row = self._flat_views
+        at = (self._row_starts + ids).ravel()  # [L*K] distinct pairs, so plain gathers/scatters (no ufunc.at)
+        mask[at] = True
+        reuse[at] += 1
+        confidence[at] += weights.ravel()
+        first_row[at] = np.minimum(first_row[at], self.rows)
+        self._predicted_layer[at] = self._layer_of[at]
         self.rows += 1
         self._refresh_next_use()
 

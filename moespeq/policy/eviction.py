@@ -148,6 +148,14 @@ def _masked_argmin(key: np.ndarray, candidates: np.ndarray) -> int:
     return int(np.where(candidates, key, np.inf).argmin())
 
 
+def _flat(candidates: np.ndarray, lo: int) -> np.ndarray:
+    """Flat indices [n] of the candidates [hi - lo] bool of the pool starting at lo."""
+    flat = candidates.nonzero()[0]
+    if lo:  # a per-layer pool (the global pool starts at 0)
+        flat += lo
+    return flat
+
+
 class LRU(EvictionPolicy):
     name = "lru"
 
@@ -191,6 +199,7 @@ class _NextUse(EvictionPolicy):
         self.layer_of = np.repeat(np.arange(layers), experts)  # [L*E]
         self._everyone = np.arange(n)
         self._decay01 = decay ** np.array([0.0, 1.0])  # numpy's own powers (its vector pow is not Python's)
+        self._decay1_scaled = float(self._decay01[1]) * _FREQ_SCALE  # exact: the scale is a power of two
         self._fb = np.zeros(n)  # [L*E] the packed fallback key at (_fb_step, _fb_layer), less the layer shift
         self._fb_passed = np.zeros(n)  # [L*E] the same as if every layer were passed (next opportunity: step + 1)
         self._fb_step, self._fb_layer = -1, -1
@@ -226,9 +235,11 @@ class _NextUse(EvictionPolicy):
     def _pack(self, age: Any, freq: Any, farther: Any) -> Any:
         """keys()[1:] as one exact float (integers below 2^53), smaller first: age < 2^20 steps (progress
         checks), quantized frequency capped below 2^24 (larger ones tie), farther = 511 - distance >= 0."""
+        # every term is an integer below 2^53, so any grouping gives the same float: the age and layer terms
+        # are grouped to be added once where they are scalars and freq is an array
         if self.recency_first:
-            return freq * 2.0**9 + farther - age * 2.0**33
-        return freq * 2.0**29 + farther - age * 2.0**9 + (_AGE_LIMIT - 1.0) * 2.0**9
+            return freq * 2.0**9 + (farther - age * 2.0**33)
+        return freq * 2.0**29 + (farther - age * 2.0**9 + (_AGE_LIMIT - 1.0) * 2.0**9)
 
     def _packed(self, flat: np.ndarray, passed: Any) -> np.ndarray:
         """[n] packed keys of experts flat [n] (passed: [n] bool or one bool), less the current layer's shift
@@ -264,7 +275,7 @@ class _NextUse(EvictionPolicy):
         if layer <= self.layer and self.last_step[flat[0]] == self.step:
             # accessed by the layer the pass is at: one step old at the next step's opportunity
             # (last_step = freq_step = step), frequency times decay^1 (numpy's power)
-            freq = np.minimum(np.floor(self.freq[flat] * self._decay01[1] * _FREQ_SCALE), _FREQ_CAP)
+            freq = np.minimum(np.floor(self.freq[flat] * self._decay1_scaled), _FREQ_CAP)
             self._fb[flat] = self._fb_passed[flat] = self._pack(1.0, freq, 511.0 - layer - self.L)
         else:
             self._fb_passed[flat] = self._packed(flat, True)
@@ -287,13 +298,13 @@ class _NextUse(EvictionPolicy):
 
     # ---- asked --------------------------------------------------------------------------------------
     def victim(self, candidates: np.ndarray, lo: int) -> int:
-        flat = np.flatnonzero(candidates) + lo
+        flat = _flat(candidates, lo)
         nxt = self.next_use()[flat]
         farthest = flat[nxt == nxt.max()]
-        return int(farthest[np.argmin(self.fallback_key(farthest))])
+        return int(farthest[self.fallback_key(farthest).argmin()])
 
     def victims(self, candidates: np.ndarray, lo: int, m: int) -> np.ndarray:
-        flat = np.flatnonzero(candidates) + lo
+        flat = _flat(candidates, lo)
         order = np.lexsort((self.fallback_key(flat), -self.next_use()[flat]))
         return flat[order[:m]]
 
