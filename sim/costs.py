@@ -131,6 +131,7 @@ class CostModel:
         tokens = np.arange(MAX_TABLE_TOKENS + 1)
         self._expert = self._kernel_s(float(s.expert_bytes_bf16), 2.0 * s.expert_params * tokens, EXPERT_LAUNCHES)
         self._expert[0] = 0.0  # [MAX_TABLE_TOKENS + 1] analytic seconds of one expert over t tokens
+        self._draft_step_s: dict[int, float] = {}  # draft_step_s by context: cycles redraft the same positions
 
     def _kernel_s(self, bytes_: float | np.ndarray, flops: float | np.ndarray, launches: int) -> Any:
         return np.maximum(bytes_ / self._bw, flops / self._flops) + launches * self.hw.launch_overhead_s
@@ -181,6 +182,11 @@ class CostModel:
 
     def draft_step_s(self, context: int) -> float:
         """One INT4 draft forward of one token after `context` cached tokens."""
+        if context not in self._draft_step_s:
+            self._draft_step_s[context] = self._draft_step_uncached_s(context)
+        return self._draft_step_s[context]
+
+    def _draft_step_uncached_s(self, context: int) -> float:
         s = self.spec
         grid = self._tables.get("moe_int4_layer_s")
         if grid is not None:

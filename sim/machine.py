@@ -58,8 +58,11 @@ class DemandBatch:
     def __init__(self, layer: int, flats: np.ndarray, whole_layer: bool, ready: simpy.Event) -> None:
         self.layer, self.flats, self.whole_layer, self.ready = layer, flats, whole_layer, ready
 
-    def announce(self, env: simpy.Environment) -> None:
-        done, self.ready = self.ready, env.event()
+    def announce(self, env: simpy.Environment, waiting: np.ndarray) -> None:
+        """The engine has started all misses but `waiting` [w]: fire `ready` (and arm a new one if any wait)."""
+        done, self.flats = self.ready, waiting
+        if waiting.size:
+            self.ready = env.event()
         done.succeed()
 
 
@@ -217,9 +220,10 @@ class Machine:
         if batch.whole_layer:
             yield from self._layer_copy(batch)
             return
-        cache, t = self.cache, self.env.now
-        flats = batch.flats[cache.state[batch.flats] == ABSENT]
-        granted, victims = cache.reserve_many(flats) if flats.size else (0, [])
+        # every one is absent: only this engine starts copies, and it serves a demand batch before any
+        # prefetch, so none of them started since the decoder found them missing
+        cache, t, flats = self.cache, self.env.now, batch.flats
+        granted, victims = cache.reserve_many(flats)
         if victims and self.rec.enabled:
             for victim in victims:
                 self.rec.instant(EVICT, t, victim // self.E, victim % self.E)
@@ -232,8 +236,7 @@ class Machine:
             t += granted * self.copy_s
             self._account(self.env.now, t, self.expert_bytes * granted, batch.layer, -1, "demand", granted)
         waiting = flats[granted:]
-        batch.flats = waiting
-        batch.announce(self.env)
+        batch.announce(self.env, waiting)
         if waiting.size:  # no evictable slot: retry after the compute stream releases one
             heapq.heappush(self._heap, entry)
             self._slot_wait = self.env.event()
@@ -260,8 +263,7 @@ class Machine:
         end = self.env.now + self._duration(self.layer_copy_s, self.expert_bytes * len(flats), self.env.now)
         self._account(self.env.now, end, self.expert_bytes * len(flats), batch.layer, WHOLE_LAYER, "demand")
         self.land_at[flats] = end
-        batch.flats = flats[:0]
-        batch.announce(self.env)
+        batch.announce(self.env, flats[:0])
         yield self.env.timeout(end - self.env.now)
         self.cache.landed(flats)
 
