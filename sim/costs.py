@@ -34,7 +34,7 @@ Usage:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -111,6 +111,17 @@ def _tables(hw: HardwareProfile, spec: ModelSpec) -> dict[str, Any]:
     return out
 
 
+class PassExperts(NamedTuple):
+    """The (layer, expert) pairs a pass routes tokens to, layer-major, [m] each, and where each layer's
+    run ends: layer l's experts are [ends[l - 1], ends[l]) (from 0 for layer 0)."""
+
+    layers: np.ndarray  # [m]
+    experts: np.ndarray  # [m] expert ids, increasing within a layer
+    tokens: np.ndarray  # [m] tokens routed to each (grouped by expert)
+    seconds: np.ndarray  # [m] seconds of each expert's kernel over its tokens
+    ends: list[int]  # [L]
+
+
 class CostModel:
     """Seconds of each piece of GPU work for one model on one GPU (see the module docstring)."""
 
@@ -161,16 +172,16 @@ class CostModel:
         total = float(analytic.sum())
         return analytic * (layer / total) if total > 0 else np.full(t.size, layer / t.size)
 
-    def pass_experts_s(self, counts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per layer of a pass with counts [L, E] tokens per expert: (experts [n], tokens [n], seconds [n])."""
-        layers, experts = np.nonzero(counts)  # [m] each, layer-major
+    def pass_experts(self, counts: np.ndarray) -> PassExperts:
+        """Every expert a pass with counts [L, E] tokens per expert runs, with its seconds (PassExperts)."""
+        layers, experts = counts.nonzero()  # [m] each, layer-major
         tokens = counts[layers, experts]
         ends = np.searchsorted(layers, np.arange(1, counts.shape[0] + 1)).tolist()  # [L] end of each layer's run
-        starts = [0, *ends[:-1]]
         if "moe_bf16_layer_s" not in self._tables and tokens.max(initial=0) <= MAX_TABLE_TOKENS:
             seconds = self._expert[tokens]  # [m] analytic: the same table lookup as experts_s, in one gather
-            return [(experts[a:b], tokens[a:b], seconds[a:b]) for a, b in zip(starts, ends, strict=True)]
-        return [(experts[a:b], tokens[a:b], self.experts_s(tokens[a:b])) for a, b in zip(starts, ends, strict=True)]
+        else:
+            seconds = np.concatenate([self.experts_s(tokens[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)])
+        return PassExperts(layers, experts, tokens, seconds, ends)
 
     def head_s(self, tokens: int, context: int) -> float:
         """LM head and final norm, plus the dense layers (their attention and MLP) for `tokens` tokens."""
@@ -199,7 +210,8 @@ class CostModel:
     def forward_s(self, counts: np.ndarray, context: int) -> float:
         """A whole target forward with every expert resident: counts [L, E] tokens per expert."""
         tokens = int(counts[0].sum()) // self.spec.top_k
-        experts = sum(float(c.sum()) for _, _, c in self.pass_experts_s(counts))
+        run = self.pass_experts(counts)
+        experts = sum(float(run.seconds[a:b].sum()) for a, b in zip([0, *run.ends[:-1]], run.ends, strict=True))
         return self.spec.moe_layers * self.layer_s(tokens, context) + experts + self.head_s(tokens, context)
 
     def perf_model(self, context: int, k_max: int, copy_s: float) -> PerfModel:

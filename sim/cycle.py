@@ -206,13 +206,12 @@ class Decoder:
     # ---- one forward pass (prefill or verification) -----------------------------------------------------
     def _layer_plans(self, counts: np.ndarray) -> list[LayerPlan]:
         """Per layer of a pass with counts [L, E] tokens per expert: what its expert phase works on."""
-        layers, experts = counts.nonzero()  # [m] each, layer-major: the order pass_experts_s uses
-        flat = layers * self.E + experts  # [m]
-        fetch = flat[np.lexsort((-counts[layers, experts], layers))]  # [m] per layer: most tokens first, stable
+        run = self.costs.pass_experts(counts)
+        flat = run.layers * self.E + run.experts  # [m]
+        fetch = flat[np.lexsort((-run.tokens, run.layers))]  # [m] per layer: most tokens first, stable
         plans, a = [], 0
-        for layer_experts, _, cost in self.costs.pass_experts_s(counts):
-            b = a + layer_experts.size
-            plans.append(LayerPlan(layer_experts, flat[a:b], cost, fetch[a:b]))
+        for b in run.ends:
+            plans.append(LayerPlan(run.experts[a:b], flat[a:b], run.seconds[a:b], fetch[a:b]))
             a = b
         return plans
 
@@ -272,7 +271,8 @@ class Decoder:
             if (state[flat] == RESIDENT).all():  # the common fast path: nothing to wait for
                 busy = float(cost.sum()) * m.compute_s(1.0)
                 if self.rec.enabled:
-                    self._record_fold(layer, experts, np.full(flat.size, env.now), cost * m.compute_s(1.0), env.now)
+                    self._record_fold(layer, experts.tolist(), [env.now] * flat.size,
+                                      (cost * m.compute_s(1.0)).tolist(), env.now)
                 yield env.timeout(busy)
                 cache.release(flat)
                 m.notify_release()
@@ -300,25 +300,32 @@ class Decoder:
               with_end: bool = False):
         """Run experts [a] (seconds cost [a]) from t, each once it has landed, in order of availability:
         t_i = max(t_{i-1}, avail_i) + c_i, i.e. end = max(t + sum c, max_i (avail_i + sum_{j >= i} c_j)),
-        in one timeout; release them. Returns the compute seconds (and the end time if with_end)."""
+        in one timeout; release them. Returns the compute seconds (and the end time if with_end).
+
+        A layer has a handful of experts, so the order and the suffix sums are plain Python floats (the same
+        IEEE operations as NumPy's elementwise ones, and sorted() is stable like argsort(kind="stable"));
+        the total stays NumPy's sum, whose summation order (pairwise from 8 terms on) results depend on."""
         env, cache, m = self.env, self.p.cache, self.m
-        land = np.maximum(t, m.land_at[flat])  # [a] copies in flight land when they land
-        land[cache.state[flat] == RESIDENT] = t  # resident ones are there from the start
-        order = land.argsort(kind="stable")
-        land, c = land[order], cost[order] * m.compute_s(1.0)  # [a], [a]
-        total = c.sum()
-        end = max(t + total, float((land + c[::-1].cumsum()[::-1]).max()))
+        land = [t if s == RESIDENT else max(t, a)  # resident experts are there from the start
+                for s, a in zip(cache.state[flat].tolist(), m.land_at[flat].tolist(), strict=True)]
+        order = sorted(range(len(land)), key=land.__getitem__)
+        scale, seconds = m.compute_s(1.0), cost.tolist()
+        land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability
+        total = float(np.array(c).sum())
+        end, suffix = t + total, 0.0
+        for avail, ci in zip(reversed(land), reversed(c), strict=True):
+            suffix += ci
+            end = max(end, avail + suffix)
         if end > env.now:
             yield env.timeout(end - env.now)
         if self.rec.enabled:
-            self._record_fold(layer, experts[order], land, c, t)
+            self._record_fold(layer, experts[order].tolist(), land, c, t)
         cache.release(flat)
         m.notify_release()
-        busy = float(total)
-        return (busy, end) if with_end else busy
+        return (total, end) if with_end else total
 
-    def _record_fold(self, layer: int, experts: np.ndarray, land: np.ndarray, cost: np.ndarray, t: float) -> None:
-        for e, a, c in zip(experts.tolist(), land.tolist(), cost.tolist(), strict=True):
+    def _record_fold(self, layer: int, experts: list[int], land: list[float], cost: list[float], t: float) -> None:
+        for e, a, c in zip(experts, land, cost, strict=True):
             if a > t:
                 self.rec.span(STALL, "compute", t, a, layer, e)
                 t = a

@@ -78,7 +78,7 @@ class Machine:
         self._heap: list[tuple] = []
         self._parked: list[tuple] = []  # a heap of prefetches the cache refused, retried after unpark()
         self._retry = False
-        self._queued = np.zeros(cache.L * cache.E, dtype=bool)
+        self._queued = bytearray(cache.L * cache.E)  # 1: the expert has a prefetch in the queue (read one by one)
         self._seq = 0
         self._wake: simpy.Event | None = None
         self._slot_wait: simpy.Event | None = None

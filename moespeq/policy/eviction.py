@@ -67,10 +67,13 @@ class EvictionPolicy:
             self._tie = None  # decayed frequencies changed
         self.step, self.layer = step, layer
 
-    def _use(self, flat: np.ndarray | int) -> None:
-        self.freq[flat] = self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) + 1.0
+    def _use(self, flat: np.ndarray | int) -> Any:
+        """Count a use of flat (one index or [n]) at this step; returns the new decayed frequencies."""
+        freq = self.freq[flat] * self.decay ** (self.step - self.freq_step[flat]) + 1.0
+        self.freq[flat] = freq
         self.freq_step[flat] = self.step
         self._refresh(flat)
+        return freq
 
     def _refresh(self, flat: np.ndarray | int) -> None:
         """Update the cached tie key of these experts only (the others' statistics did not change)."""
@@ -166,9 +169,9 @@ class LRU(EvictionPolicy):
 class LFU(EvictionPolicy):
     name = "lfu"
 
-    def _use(self, flat: np.ndarray | int) -> None:
+    def _use(self, flat: np.ndarray | int) -> Any:
         self.count[flat] += 1
-        super()._use(flat)
+        return super()._use(flat)
 
     def keys(self, lo: int, hi: int) -> list[np.ndarray]:
         return [self.count[lo:hi] * _CLOCK_LIMIT + self.last_use[lo:hi]]
@@ -262,25 +265,26 @@ class _NextUse(EvictionPolicy):
             self._fb_layer = self.layer
         return self._fb
 
-    def _use(self, flat: np.ndarray | int) -> None:
+    def _use(self, flat: np.ndarray | int) -> Any:
         """Also repack the used experts' fallback keys. An array comes from ExpertCache.access: experts of
         one layer; a single expert, from a prefetch landing."""
-        super()._use(flat)
+        freq = super()._use(flat)
         if self._fb_step != self.step:
-            return  # the keys are rebuilt at the next decision
+            return freq  # the keys are rebuilt at the next decision
         if not isinstance(flat, np.ndarray):
             self._repack_one(int(flat))
-            return
+            return freq
         layer = int(self.layer_of[flat[0]])
         if layer <= self.layer and self.last_step[flat[0]] == self.step:
             # accessed by the layer the pass is at: one step old at the next step's opportunity
             # (last_step = freq_step = step), frequency times decay^1 (numpy's power)
-            freq = np.minimum(np.floor(self.freq[flat] * self._decay1_scaled), _FREQ_CAP)
-            self._fb[flat] = self._fb_passed[flat] = self._pack(1.0, freq, 511.0 - layer - self.L)
+            quantized = np.minimum(np.floor(freq * self._decay1_scaled), _FREQ_CAP)
+            self._fb[flat] = self._fb_passed[flat] = self._pack(1.0, quantized, 511.0 - layer - self.L)
         else:
             self._fb_passed[flat] = self._packed(flat, True)
             self._fb[flat] = np.where(self.layer_of[flat] <= self._fb_layer, self._fb_passed[flat],
                                       self._packed(flat, False))
+        return freq
 
     def _repack_one(self, f: int) -> None:
         """_packed for one expert just used (freq_step = step), in scalar arithmetic with numpy's powers."""

@@ -48,7 +48,7 @@ class ElbScheduler(Prefetcher):
 
     def _candidates(self, mask: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices in (layer, -score) order among mask [L*E] that are absent and not yet requested."""
-        flat = np.flatnonzero(mask & ~self.requested & (self.cache.state == ABSENT))
+        flat = (mask & ~self.requested & (self.cache.state == ABSENT)).nonzero()[0]
         order = np.lexsort((-score[flat], flat // self.cache.E))
         return flat[order], score[flat[order]]
 
