@@ -29,7 +29,7 @@ from moespeq.spec import get_model
 log = logging.getLogger(__name__)
 
 BENCH_MODELS = ("phi-3.5-moe", "qwen1.5-moe-a2.7b", "deepseek-v2-lite", "mixtral-8x7b")
-BENCH_TOKENS = (1, 4, 8)
+BENCH_TOKENS = (1, 2, 4, 8)
 GOALS = {"bandwidth_frac": 0.75, "speedup_t1": 3.0, "h2d_frac": 0.90, "overlap": 0.95}
 
 

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNE_TOKENS = (1, 4, 8, 16)
+TUNE_TOKENS = (1, 2, 4, 8, 16)
 
 
 def step(name, fn, summary, errors):
@@ -59,7 +59,7 @@ def tune_all(out: Path, models: list[str]) -> str:
     from moespeq.runtime.tune import fastest, time_candidates
     from moespeq.spec import get_model
 
-    command = "python runtime/gpu_check.py (tune step: runtime.tune over the benchmark models, T=1,4,8,16)"
+    command = f"python runtime/gpu_check.py (tune step: runtime.tune over the benchmark models, T={TUNE_TOKENS})"
     timings: dict[str, dict] = {}
     for name in models:
         lb = LayerBench.build(get_model(name))
@@ -79,10 +79,10 @@ def tune_all(out: Path, models: list[str]) -> str:
 
 
 def bench(out: Path, models: list[str]) -> dict:
-    from moespeq.runtime.bench_kernels import print_report, run_benchmark
+    from moespeq.runtime.bench_kernels import BENCH_TOKENS, print_report, run_benchmark
 
     command = "python runtime/gpu_check.py --out $OUT (step bench: moespeq.runtime.bench_kernels.run_benchmark)"
-    result = run_benchmark(models, (1, 4, 8), command)
+    result = run_benchmark(models, BENCH_TOKENS, command)
     (out / "bench_kernels.json").write_text(json.dumps(result, indent=1) + "\n")
     print_report(result)
     return result
