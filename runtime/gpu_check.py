@@ -59,7 +59,8 @@ def tune_all(out: Path, models: list[str]) -> str:
     from moespeq.runtime.tune import fastest, time_candidates
     from moespeq.spec import get_model
 
-    command = f"python runtime/gpu_check.py (tune step: runtime.tune over the benchmark models, T={TUNE_TOKENS})"
+    command = ("python runtime/gpu_check.py (tune step: runtime.tune over the benchmark models, "
+               f"T={','.join(map(str, TUNE_TOKENS))})")
     timings: dict[str, dict] = {}
     for name in models:
         lb = LayerBench.build(get_model(name))

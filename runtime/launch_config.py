@@ -4,12 +4,10 @@ A file holds, per kernel ("moe_int4", "moe_bf16") and shape key "D=<hidden>,F=<m
 parameters found at measured token counts:
 
     {"device": "NVIDIA H200", "source": "<command that measured it>",
-     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1, "k_splits": 1,
-                                                        "path": "tiled", "ranges_per_warp": 1}}}}}
+     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1, "k_splits": 1}}}}}
 
-Lookup takes the nearest measured token count of the exact shape among the entries whose path serves that
-count (the INT4 decode path only T <= DECODE_MAX_TOKENS); without the file or the shape it falls back to
-DEFAULT_CONFIG with a warning, once per (kernel, device, shape). `moespeq calibrate` and
+Lookup takes the nearest measured token count of the exact shape; without the file or the shape it
+falls back to DEFAULT_CONFIG with a warning, once per (kernel, device, shape). `moespeq calibrate` and
 runtime/gpu_check.py write these files.
 
 Usage:
@@ -32,24 +30,17 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 KERNELS = ("moe_int4", "moe_bf16")
-PATHS = ("tiled", "decode")
-DECODE_MAX_TOKENS = 2  # the INT4 decode path (runtime/kernels/int4_decode.cuh) serves T <= 2
-MAX_RANGES_PER_WARP = 4
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """warps per block; blocks per SM of the persistent grid; which kernel: "tiled" (row-tile items, any T)
-    or "decode" (INT4 only, T <= 2: each phase cut into warps * ranges_per_warp ranges of groups).
-    tiled only: splits of F in the down projection; warps sharing one 16-row tile's reduction (a block
-    covers warps / k_splits row tiles at a time)."""
+    """warps per block; blocks per SM of the persistent grid; splits of F in the down projection; warps
+    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time)."""
 
     warps: int = 4
     blocks_per_sm: int = 2
     down_splits: int = 1
     k_splits: int = 1
-    path: str = "tiled"
-    ranges_per_warp: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.warps <= MAX_WARPS:
@@ -60,21 +51,8 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.down_splits={self.down_splits}: use 1..64")
         if self.k_splits < 1 or self.warps % self.k_splits:
             raise ValueError(f"LaunchConfig.k_splits={self.k_splits}: must divide warps={self.warps}")
-        if self.path not in PATHS:
-            raise ValueError(f"LaunchConfig.path={self.path!r}: use one of {', '.join(PATHS)}")
-        if not 1 <= self.ranges_per_warp <= MAX_RANGES_PER_WARP:
-            raise ValueError(f"LaunchConfig.ranges_per_warp={self.ranges_per_warp}: use 1..{MAX_RANGES_PER_WARP}")
-        if self.path == "decode" and (self.down_splits, self.k_splits) != (1, 1):
-            raise ValueError(f"LaunchConfig.path='decode' has no down_splits/k_splits (got {self.down_splits}, "
-                             f"{self.k_splits}): leave them at 1")
-        if self.path == "tiled" and self.ranges_per_warp != 1:
-            raise ValueError(f"LaunchConfig.ranges_per_warp={self.ranges_per_warp} is for path='decode' only")
 
-    def serves(self, tokens: int) -> bool:
-        """Whether this configuration can run a launch of `tokens` tokens."""
-        return self.path == "tiled" or tokens <= DECODE_MAX_TOKENS
-
-    def to_dict(self) -> dict[str, int | str]:
+    def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
@@ -117,13 +95,8 @@ def launch_config(kernel: str, device_name: str, hidden: int, moe_ffn: int, toke
         _warn_once(f"no tuned {kernel} launch parameters for {shape_key(hidden, moe_ffn)} on {device_name} "
                    f"in {path}; using {DEFAULT_CONFIG} (run `moespeq calibrate` to tune)")
         return DEFAULT_CONFIG
-    usable = {int(t): LaunchConfig(**c) for t, c in table.items()}
-    usable = {t: c for t, c in usable.items() if c.serves(tokens)}
-    if not usable:
-        _warn_once(f"no tuned {kernel} launch parameters for {tokens} tokens of {shape_key(hidden, moe_ffn)} on "
-                   f"{device_name} in {path}; using {DEFAULT_CONFIG}")
-        return DEFAULT_CONFIG
-    return usable[min(usable, key=lambda t: (abs(t - tokens), t))]
+    nearest = min(table, key=lambda t: (abs(int(t) - tokens), int(t)))
+    return LaunchConfig(**table[nearest])
 
 
 def write_configs(device_name: str, source: str, best: dict[str, dict[str, dict[str, LaunchConfig]]],

@@ -1,7 +1,6 @@
 """CUDA launchers of the MoE layer kernels (runtime/kernels/*.cu through one cupy.RawModule per file).
 
   launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum
-                   (the tiled kernel, or for T <= 2 the decode kernel, as the LaunchConfig's path says)
   launch_moe_bf16  bf16 verify layer: experts from the cache arena through the device slot table
 
 Routing ids and weights stay on the device: nothing here reads them on the host. Import only with CuPy;
@@ -23,21 +22,17 @@ import numpy as np
 
 from moespeq.runtime.int4_pack import Int4Experts
 from moespeq.runtime.kernel_source import kernel_source
-from moespeq.runtime.launch_config import DECODE_MAX_TOKENS, MAX_RANGES_PER_WARP, LaunchConfig
+from moespeq.runtime.launch_config import LaunchConfig
 from moespeq.runtime.layout import ExpertGeometry, SlotArena
 
 log = logging.getLogger(__name__)
 
 _CTR_ERROR, _CTR_ROWS = 3, 4  # counters[] layout of moe_common.cuh
-_DEFAULT_SMEM_BYTES = 48 * 1024  # per block, static plus dynamic, without opting in
 ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache slot"}
 
 
 INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
-DECODE_STAGES = 4  # shared-memory ring slots per warp of the decode kernel (-D MOE_DECODE_STAGES)
-DECODE_SLOT_BYTES = 2112  # DEC_SLOT_BYTES of int4_decode.cuh: one group's gate and up codes and scales
-_OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}",
-                         f"-DMOE_DECODE_STAGES={DECODE_STAGES}"),
+_OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
             "expert_bf16": ("--std=c++17",)}
 
 
@@ -71,43 +66,32 @@ def device_info() -> DeviceInfo:
 
 
 @functools.cache
-def occupancy(kernel: cupy.RawKernel, warps: int, dynamic_smem_bytes: int = 0) -> int:
+def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
     """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
     assert 32 * warps <= kernel.max_threads_per_block, (warps, kernel.max_threads_per_block)  # once per kernel and size
     dev = device_info()
     regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
     by_regs = dev.regs_per_sm // (regs_per_warp * warps)
-    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + dynamic_smem_bytes + 1024)  # 1 KiB reserved per block
+    by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
     by_threads = dev.max_threads_per_sm // (32 * warps)
     return max(1, min(by_regs, by_smem, by_threads))
-
-
-def decode_scratch_floats(geometry: ExpertGeometry, ranges: int) -> int:
-    """fp32 scratch of the decode kernel (int4_decode.cuh DecodeShape) with `ranges` ranges per phase:
-    phase-1 slots [R + U F/16, 64], phase-2 slots [R + D/16, 32], tile sums of h [U, F/16, 2]."""
-    u, ft, dt = geometry.max_used_experts, geometry.moe_ffn // 16, geometry.hidden // 16
-    return (ranges + u * ft) * 64 + (ranges + dt) * 32 + u * ft * 2
 
 
 class MoeWorkspace:
     """Scratch of the MoE kernels for one geometry and one stream; the kernels re-arm its counters.
 
     hbuf [U, 16, F] bf16 bits: SiLU(gate) * up per expert in use and token;
-    partial fp32: down-projection partials [D/16, U, max_splits, 256] (tiled), or the decode kernel's
-    slots (decode_scratch_floats), whichever is larger;
-    counters [4 + D/16 + U + U F/16] int32: ticket, exits, error flags, per row tile, per expert phase 1 done,
-    per (expert, 16 rows of F) phase-1 arrivals (decode).
+    partial [D/16, U, max_splits, 256] fp32: down-projection partials;
+    counters [4 + D/16 + U] int32: ticket, exits, error flags, per row tile, per expert phase 1 done.
     """
 
     def __init__(self, geometry: ExpertGeometry, max_splits: int = 16):
         u, d, f = geometry.max_used_experts, geometry.hidden, geometry.moe_ffn
         self.geometry = geometry
         self.max_splits = max_splits
-        self.max_ranges = device_info().sm_count * 64 * MAX_RANGES_PER_WARP  # 64 warps per SM at most
         self.hbuf = cupy.zeros((u, 16, f), dtype=cupy.uint16)
-        self.partial = cupy.zeros(max(d // 16 * u * max_splits * 256, decode_scratch_floats(geometry, self.max_ranges)),
-                                  dtype=cupy.float32)
-        self.counters = cupy.zeros(_CTR_ROWS + d // 16 + u + u * f // 16, dtype=cupy.int32)
+        self.partial = cupy.zeros(d // 16 * u * max_splits * 256, dtype=cupy.float32)
+        self.counters = cupy.zeros(_CTR_ROWS + d // 16 + u, dtype=cupy.int32)
 
     def errors(self) -> list[str]:
         """What the kernels flagged since the last clear (a device read)."""
@@ -128,26 +112,13 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
     return tokens
 
 
-def decode_shared_bytes(hidden: int, warps: int, stages: int = DECODE_STAGES) -> int:
-    """Dynamic shared memory of the decode kernel: x as [D/8][2] 16-byte octets, [D/128][2] fp32 sums (padded to
-    16 bytes), then each warp's ring of `stages` slots."""
-    return 4 * hidden + -(-hidden // 256) * 16 + warps * stages * DECODE_SLOT_BYTES
-
-
-def int4_function(tokens: int, config: LaunchConfig) -> str:
-    """The int4_moe.cu entry point that runs `tokens` tokens with this configuration."""
-    if config.path == "decode":
-        return "moe_int4_decode"
-    return "moe_int4_t8" if tokens <= 8 else "moe_int4_t16"
-
-
-def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace,
-                     shared_mem: int = 0) -> tuple[tuple, tuple, int]:
+def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
     assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
-    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps, shared_mem))
+    blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
     grid = (device_info().sm_count * blocks_per_sm,)  # persistent: blocks claim work items from a ticket
     block = (32 * config.warps,)
-    return grid, block, shared_mem  # static besides: routing table and reduction scratch, ~15-40 KiB
+    shared_mem = 0  # all static: routing table and reduction scratch, ~40 KiB
+    return grid, block, shared_mem
 
 
 def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, workspace: MoeWorkspace, out: Any,
@@ -163,21 +134,12 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
     for m in (experts.gate, experts.up, experts.down):
         assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
         assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
-    kernel = get_kernel("int4_moe", int4_function(tokens, config))
-    head = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
+    kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
+    grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
+    args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
             experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,
-            np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn))
-    if config.path == "decode":
-        assert tokens <= DECODE_MAX_TOKENS, (tokens, config)
-        grid, block, shared_mem = _launch_geometry(kernel, config, workspace, decode_shared_bytes(geo.hidden, config.warps))
-        if shared_mem + kernel.shared_size_bytes > _DEFAULT_SMEM_BYTES:  # D > ~8000: opt in to more
-            kernel.max_dynamic_shared_size_bytes = max(kernel.max_dynamic_shared_size_bytes, shared_mem)
-        ranges = grid[0] * config.warps * config.ranges_per_warp
-        assert ranges <= workspace.max_ranges, (ranges, workspace.max_ranges)
-        args = (*head, np.int32(geo.max_used_experts), np.int32(ranges))
-    else:
-        grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
-        args = (*head, np.int32(config.down_splits), np.int32(config.k_splits), np.int32(geo.max_used_experts))
+            np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
+            np.int32(geo.moe_ffn), np.int32(config.down_splits), np.int32(config.k_splits), np.int32(geo.max_used_experts))
     kernel(grid, block, args, shared_mem=shared_mem)
     return out
 
@@ -194,7 +156,6 @@ def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer:
     assert cache.arena.dtype == cupy.uint16 and cache.arena.flags.c_contiguous
     assert cache.slot_table.dtype == cupy.int32 and cache.slot_table.flags.c_contiguous
     assert 0 <= layer < cache.slot_table.shape[0], (layer, cache.slot_table.shape)
-    assert config.path == "tiled", config  # the decode path is INT4 only
     kernel = get_kernel("expert_bf16", "moe_bf16_t8" if tokens <= 8 else "moe_bf16_t16")
     grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     args = (x, topk_ids, topk_w, cache.arena, cache.slot_table, np.int32(layer), np.int32(cache.arena.shape[0]),

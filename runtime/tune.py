@@ -1,9 +1,7 @@
 """Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
 
 Candidates: 4 or 8 warps per block with 1, 2, 4 or (8 warps) 8 of them per row tile, the most blocks per SM that fit
-and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split); for the INT4
-kernel at T <= 2 also the decode path at 4 or 8 warps, the most blocks per SM and one fewer, 1 or 2 ranges per
-warp, so that the tuner picks the faster path per shape. The result goes to runtime/configs/<device>.json
+and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
 through launch_config.write_configs.
 
 Usage:
@@ -16,8 +14,8 @@ import logging
 from collections.abc import Sequence
 
 from moespeq.runtime.kernel_bench import LayerBench
-from moespeq.runtime.launch_config import DECODE_MAX_TOKENS, LaunchConfig
-from moespeq.runtime.moe_kernels import decode_shared_bytes, get_kernel, occupancy
+from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.moe_kernels import get_kernel, occupancy
 from moespeq.runtime.timing import median_time_s
 
 log = logging.getLogger(__name__)
@@ -26,7 +24,7 @@ _FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
               "moe_bf16": ("expert_bf16", "moe_bf16_t8", "moe_bf16_t16")}
 
 
-def candidates(kernel: str, tokens: int, hidden: int, moe_ffn: int, max_splits: int) -> list[LaunchConfig]:
+def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[LaunchConfig]:
     source, small, large = _FUNCTIONS[kernel]
     fn = get_kernel(source, small if tokens <= 8 else large)
     splits = [j for j in (1, 2, 4) if j <= min(max_splits, moe_ffn // 128)]
@@ -35,12 +33,6 @@ def candidates(kernel: str, tokens: int, hidden: int, moe_ffn: int, max_splits: 
         most = min(4, occupancy(fn, warps))
         out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
                 for blocks in sorted({max(1, most - 1), most}) for j in splits]
-    if kernel == "moe_int4" and tokens <= DECODE_MAX_TOKENS:
-        decode = get_kernel(source, "moe_int4_decode")
-        for warps in (4, 8):
-            most = min(4, occupancy(decode, warps, decode_shared_bytes(hidden, warps)))
-            out += [LaunchConfig(warps, blocks, path="decode", ranges_per_warp=rpw)
-                    for blocks in sorted({max(1, most - 1), most}) for rpw in (1, 2)]
     return out
 
 
@@ -49,7 +41,7 @@ def time_candidates(lb: LayerBench, kernel: str, tokens: Sequence[int],
     """Every candidate's median seconds per token count for one model's shapes."""
     call = lb.int4_call if kernel == "moe_int4" else lb.bf16_call
     return {t: [(cfg, median_time_s(call(t, cfg), iters=iters, warmup=3))
-                for cfg in candidates(kernel, t, lb.geo.hidden, lb.geo.moe_ffn, lb.workspace.max_splits)] for t in tokens}
+                for cfg in candidates(kernel, t, lb.geo.moe_ffn, lb.workspace.max_splits)] for t in tokens}
 
 
 def fastest(timings: dict[int, list[tuple[LaunchConfig, float]]]) -> dict[int, tuple[LaunchConfig, float]]:

@@ -130,20 +130,3 @@ def test_launch_config_nearest_tokens_and_fallback(tmp_path, monkeypatch, caplog
         lc.LaunchConfig(warps=9)
     with pytest.raises(ValueError, match="k_splits=3: must divide warps=4"):
         lc.LaunchConfig(warps=4, k_splits=3)
-
-
-def test_launch_config_decode_path_serves_only_small_token_counts(tmp_path, monkeypatch):
-    monkeypatch.setattr(lc, "CONFIG_DIR", tmp_path)
-    decode, tiled = lc.LaunchConfig(4, 4, path="decode", ranges_per_warp=2), lc.LaunchConfig(4, 2, 2, 4)
-    lc.write_configs("Test GPU Y", "unit test", {"moe_int4": {lc.shape_key(256, 128): {1: decode, 2: decode, 8: tiled}}})
-    assert lc.launch_config("moe_int4", "Test GPU Y", 256, 128, tokens=2) == decode
-    assert lc.launch_config("moe_int4", "Test GPU Y", 256, 128, tokens=3) == tiled  # 2 is nearer but cannot run 3
-    assert decode.serves(lc.DECODE_MAX_TOKENS) and not decode.serves(lc.DECODE_MAX_TOKENS + 1) and tiled.serves(16)
-    with pytest.raises(ValueError, match="path='fast'"):
-        lc.LaunchConfig(path="fast")
-    with pytest.raises(ValueError, match="no down_splits/k_splits"):
-        lc.LaunchConfig(path="decode", k_splits=2)
-    with pytest.raises(ValueError, match="ranges_per_warp=2 is for path='decode' only"):
-        lc.LaunchConfig(ranges_per_warp=2)
-    with pytest.raises(ValueError, match="ranges_per_warp=9"):
-        lc.LaunchConfig(path="decode", ranges_per_warp=9)

@@ -1,7 +1,6 @@
 // Fused INT4 MoE layer for the draft: one launch computes gate and up (dequantized in registers), SiLU,
 // down and the gate-weighted sum for T <= 16 tokens whose top-k ids and weights live on the device.
-// The machinery (routing, item tickets, deterministic reduction) is in moe_common.cuh; the decode path for
-// T <= 2 (moe_int4_decode: ranges of groups per warp, no k split) is in int4_decode.cuh.
+// The machinery (routing, item tickets, deterministic reduction) is in moe_common.cuh.
 //
 // Packed layout (runtime/int4_pack.py writes it), for a weight [O, I] (out, in) of expert e:
 //   codes   uint4  [E, O/16, I/64, 32 lanes]: lane (g, c) of 16-row tile r and 64-wide chunk kc holds one
@@ -179,16 +178,3 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
 // an SM; NVRTC otherwise allocates 202 (2 blocks: 20-25 % slower at T = 16, run 11), and 168 does not spill.
 MOE_INT4_ENTRY(moe_int4_t8, 1, __launch_bounds__(MOE_MAX_WARPS * 32))
 MOE_INT4_ENTRY(moe_int4_t16, 2, __maxnreg__(168))
-
-#include "int4_decode.cuh"
-
-// T <= 2 tokens; x, the sums of x per group and the warps' rings in dynamic shared memory (moe_kernels.py
-// decode_shared_bytes). At most 128 registers, so that 16 warps fit an SM.
-extern "C" __global__ void __launch_bounds__(MOE_MAX_WARPS * 32, 2) moe_int4_decode(
-    const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q, const unsigned* gate_s, const uint4* up_q,
-    const unsigned* up_s, const uint4* down_q, const unsigned* down_s, bf16_t* y, bf16_t* hbuf, float* partial,
-    int* counters, int T, int K, int E, int D, int F, int u_cap, int ranges) {
-    const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, 1, 1, u_cap};
-    const Int4Weights w{gate_q, gate_s, up_q, up_s, down_q, down_s};
-    moe_int4_decode_layer<MOE_DECODE_STAGES>(p, w, ranges);
-}
