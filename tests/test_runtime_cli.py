@@ -8,6 +8,7 @@ from moespeq.cli import main
 from moespeq.runtime import launch_config as lc
 from moespeq.runtime.backend import gpu_available
 from moespeq.runtime.bench_kernels import BENCH_MODELS
+from moespeq.runtime.gpu_check import TUNE_TOKENS
 from moespeq.runtime.layout import ExpertGeometry
 from moespeq.spec import get_model
 
@@ -41,7 +42,7 @@ def test_committed_h200_parameters_cover_the_benchmark_shapes():
     for name in BENCH_MODELS:
         geo = ExpertGeometry.from_spec(get_model(name))
         for kernel in lc.KERNELS:
-            assert sorted(map(int, data["kernels"][kernel][lc.shape_key(geo.hidden, geo.moe_ffn)])) == [1, 4, 8, 16]
-            for tokens in (1, 4, 8, 16):
+            assert sorted(map(int, data["kernels"][kernel][lc.shape_key(geo.hidden, geo.moe_ffn)])) == list(TUNE_TOKENS)
+            for tokens in TUNE_TOKENS:
                 cfg = lc.launch_config(kernel, "NVIDIA H200", geo.hidden, geo.moe_ffn, tokens)
                 assert cfg.warps % cfg.k_splits == 0 and cfg.warps * 32 <= 256
