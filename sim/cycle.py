@@ -266,7 +266,7 @@ class Decoder:
         experts, flat, cost = plan.experts, plan.flat, plan.cost_s
         state = cache.state
         cache.hold(flat)
-        misses = plan.fetch[state[plan.fetch] == ABSENT]  # [m] flat, in fetch order
+        misses = plan.fetch[cache.absent(plan.fetch)]  # [m] flat, in fetch order
         if not misses.size:
             if (state[flat] == RESIDENT).all():  # the common fast path: nothing to wait for
                 busy = float(cost.sum()) * m.compute_s(1.0)

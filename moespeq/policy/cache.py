@@ -28,6 +28,9 @@ from moespeq.policy.eviction import EvictionPolicy
 
 ABSENT, LOADING, RESIDENT = 0, 1, 2
 OK, NO_ROOM, REFUSED = 0, 1, 2
+# the same codes as 0-d arrays of the state array's dtype: NumPy compares an array with these several times
+# faster than with a Python int (no promotion of a Python scalar), which counts on the simulator's hot path
+_ABSENT, _RESIDENT = np.array(ABSENT, dtype=np.int8), np.array(RESIDENT, dtype=np.int8)
 
 
 @dataclass
@@ -108,7 +111,7 @@ class ExpertCache:
     def access(self, layer: int, experts: np.ndarray) -> np.ndarray:
         """A layer needs these distinct experts [n]; returns which were resident [n] bool."""
         flat = layer * self.E + experts
-        hit = self.state[flat] == RESIDENT
+        hit = self.state[flat] == _RESIDENT
         c = self.counters
         c.needed += flat.size
         c.hits += int(np.count_nonzero(hit))
@@ -121,6 +124,14 @@ class ExpertCache:
         self.eviction.on_access(flat, self.clock)
         self.clock += 1
         return hit
+
+    def absent(self, flat: np.ndarray) -> np.ndarray:
+        """[n] bool: which experts of flat [n] are absent (neither loading nor resident)."""
+        return self.state[flat] == _ABSENT
+
+    def _evictable(self, lo: int, hi: int) -> np.ndarray:
+        """[hi - lo] bool: resident and not held, of experts lo..hi (one pool)."""
+        return (self.state[lo:hi] == _RESIDENT) & ~self.held[lo:hi]
 
     def hold(self, flat: np.ndarray) -> None:
         self.held[flat] = True
@@ -137,7 +148,7 @@ class ExpertCache:
         victim = -1
         if self._used[pool] >= self.capacity[pool]:
             lo, hi = self._range[pool]
-            candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
+            candidates = self._evictable(lo, hi)
             if not np.count_nonzero(candidates):
                 return NO_ROOM, -1
             victim = self.eviction.victim(candidates, lo)
@@ -161,14 +172,14 @@ class ExpertCache:
         reserve(f, demand=True): a claimed slot is LOADING, so it is never another claim's victim, and
         an eviction changes no other expert's rank."""
         pool = self._pool(int(flat[0]))
-        if self.per_layer and (flat // self.E != flat[0] // self.E).any():
+        if self.per_layer and np.count_nonzero(flat // self.E != pool):
             raise ValueError("reserve_many takes experts of one pool")
         free = self.capacity[pool] - self._used[pool]
         need = flat.size - max(free, 0)
         victims: list[int] = []
         if need > 0:
             lo, hi = self._range[pool]
-            candidates = (self.state[lo:hi] == RESIDENT) & ~self.held[lo:hi]
+            candidates = self._evictable(lo, hi)
             chosen = self.eviction.victims(candidates, lo, min(need, int(np.count_nonzero(candidates))))  # [v]
             self._evict_many(chosen, pool)
             victims = chosen.tolist()
