@@ -306,16 +306,17 @@ class Decoder:
         IEEE operations as NumPy's elementwise ones, and sorted() is stable like argsort(kind="stable"));
         the total stays NumPy's sum, whose summation order (pairwise from 8 terms on) results depend on."""
         env, cache, m = self.env, self.p.cache, self.m
-        land = [t if s == RESIDENT else max(t, a)  # resident experts are there from the start
+        land = [a if s != RESIDENT and a > t else t  # resident experts are there from the start
                 for s, a in zip(cache.state[flat].tolist(), m.land_at[flat].tolist(), strict=True)]
         order = sorted(range(len(land)), key=land.__getitem__)
         scale, seconds = m.compute_s(1.0), cost.tolist()
         land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability
-        total = float(np.array(c).sum())
+        total = float(np.add.reduce(c))  # NumPy's sum of the list, in one call
         end, suffix = t + total, 0.0
         for avail, ci in zip(reversed(land), reversed(c), strict=True):
             suffix += ci
-            end = max(end, avail + suffix)
+            if avail + suffix > end:
+                end = avail + suffix
         if end > env.now:
             yield env.timeout(end - env.now)
         if self.rec.enabled:

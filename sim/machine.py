@@ -103,14 +103,15 @@ class Machine:
         One decision's requests enter the queue as one sorted batch that the engine merges with the rest
         (the same order as one entry each, without a heap operation per request).
         """
-        items = []
+        items, queued, E = [], self._queued, self.E  # noqa: N806
         for step, layer, expert, score in requests:
-            flat = layer * self.E + expert
-            if not self._queued[flat]:
-                self._queued[flat] = True
+            flat = layer * E + expert
+            if not queued[flat]:
+                queued[flat] = True
                 items.append((step, layer, -score, expert))
-                if self.rec.enabled:
-                    self.rec.instant(PREFETCH_ISSUE, self.env.now, layer, expert, step=step)
+        if self.rec.enabled:
+            for step, layer, _, expert in items:
+                self.rec.instant(PREFETCH_ISSUE, self.env.now, layer, expert, step=step)
         if items:
             items.sort()
             self._push((PREFETCH, *items[0][:3], PrefetchBatch(items)))

@@ -22,6 +22,8 @@ Usage:
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
 from moespeq.policy.cache import ABSENT, ExpertCache
@@ -55,8 +57,8 @@ class ElbScheduler(Prefetcher):
     def _issue(self, flat: np.ndarray, score: np.ndarray, phase: int) -> list[Request]:
         self.requested[flat] = True
         self.phase_counts[phase] += flat.size
-        E = self.cache.E  # noqa: N806
-        return [(self.step, f // E, f % E, s) for f, s in zip(flat.tolist(), score.tolist(), strict=True)]
+        layers, experts = np.divmod(flat, self.cache.E)
+        return list(zip(repeat(self.step, flat.size), layers.tolist(), experts.tolist(), score.tolist(), strict=True))
 
     def on_draft_row(self, j: int, ids: np.ndarray, weights: np.ndarray, backlog_s: float) -> list[Request]:
         E = self.cache.E  # noqa: N806
