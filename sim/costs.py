@@ -218,12 +218,14 @@ class CostModel:
         """The governor's constants at a typical context: T_draft, T_verify(T) with uniform-routing expert
         counts E (1 - (1 - K/E)^T) per layer, one expert's copy time."""
         s = self.spec
-        layer = []
+        layer, assumed = [], []
         for t in range(1, k_max + 2):
             distinct = max(1, round(s.experts * (1.0 - (1.0 - s.top_k / s.experts) ** t)))
             share = np.full(distinct, t * s.top_k // distinct)
             share[: t * s.top_k - int(share.sum())] += 1  # [distinct] tokens per expert, T*K in all
             layer.append(self.layer_s(t, context) + float(self.experts_s(share).sum()))
+            assumed.append(float(distinct))
         verify = tuple(s.moe_layers * x + self.head_s(t, context) for t, x in enumerate(layer, start=1))
         return PerfModel(draft_base_s=0.0, draft_token_s=self.draft_step_s(context), verify_s=verify,
-                         copy_s=copy_s, expert_bytes=s.expert_bytes_bf16, verify_layer_s=tuple(layer))
+                         copy_s=copy_s, expert_bytes=s.expert_bytes_bf16, verify_layer_s=tuple(layer),
+                         verify_distinct=tuple(assumed), expert_s=float(self.experts_s(np.array([1]))[0]))

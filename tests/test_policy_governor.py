@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from moespeq.policy.config import GovernorConfig
-from moespeq.policy.governor import NewExpertEstimator, RooflineGovernor, StaticGovernor, make_governor
+from moespeq.policy.governor import (
+    NewExpertEstimator,
+    PlainDecodeShadow,
+    RooflineGovernor,
+    StaticGovernor,
+    make_governor,
+)
 from moespeq.policy.roofline import PerfModel, k_accept, operating_points, t_cycle, theta
 
 PERF = PerfModel(draft_base_s=0.0, draft_token_s=1e-3, verify_s=(10e-3, 11e-3, 12e-3, 13e-3, 14e-3),
@@ -33,7 +39,7 @@ def test_operating_points_lie_under_both_roofs():
 
 def _roofline(**kw):
     cfg = GovernorConfig(kind="roofline", **{"k_max": 4, "warmup": 2, **kw})
-    return RooflineGovernor(cfg, PERF, layers=2, experts=4, top_k=1, slots=8)
+    return RooflineGovernor(cfg, PERF, layers=2, experts=4, top_k=1, capacity=[8])
 
 
 def _feed(gov, accept_prob, cycles, rng):
@@ -82,3 +88,59 @@ def test_new_expert_estimator_measures_against_cache_start_and_extrapolates():
 def test_static_and_off_governors():
     assert StaticGovernor(3).choose(k_cap=2) == 2
     assert make_governor(GovernorConfig(kind="off")).choose(8) == 0
+
+
+def _lru_misses(routing, capacity):
+    """Per token, the misses of a plain LRU cache (one pool when capacity has one entry, else one per layer)
+    that loads a token's experts together: none of them is evicted for another of the same token."""
+    from collections import OrderedDict
+    pools = [OrderedDict() for _ in capacity]
+    out = []
+    for ids in routing:  # [L, K]
+        missed = 0
+        for layer, row in enumerate(ids):
+            pool = pools[0] if len(capacity) == 1 else pools[layer]
+            for e in row:
+                missed += (layer, int(e)) not in pool
+        for layer, row in enumerate(ids):
+            pool = pools[0] if len(capacity) == 1 else pools[layer]
+            for e in row:
+                pool[(layer, int(e))] = True
+                pool.move_to_end((layer, int(e)))
+        for pool, cap in zip(pools, capacity, strict=True):
+            while len(pool) > cap:
+                pool.popitem(last=False)
+        out.append(missed)
+    return out
+
+
+@pytest.mark.parametrize("capacity", [[8], [2, 3, 4]])
+def test_plain_decode_shadow_counts_the_misses_of_an_lru_cache(capacity):
+    rng = np.random.default_rng(7)
+    layers, experts, top_k = 3, 6, 2
+    routing = np.stack([np.stack([rng.choice(experts, top_k, replace=False) for _ in range(layers)])
+                        for _ in range(40)])  # [T, L, K]
+    shadow = PlainDecodeShadow(layers, experts, capacity, ema=1.0)  # ema 1: the estimate is the last token's
+    got = []
+    for ids in routing:
+        shadow.observe(ids[None])
+        got.append(shadow.estimate())
+    assert got == _lru_misses(routing, capacity)
+
+
+def test_plain_decode_shadow_starts_from_the_real_cache():
+    shadow = PlainDecodeShadow(layers=1, experts=4, capacity=[2], ema=1.0)
+    shadow.start_from(np.array([[True, True, False, False]]))
+    shadow.observe(np.array([[[0, 1]]]))
+    assert shadow.estimate() == 0.0
+    shadow.observe(np.array([[[2, 3]]]))
+    assert shadow.estimate() == 2.0
+
+
+def test_verify_time_follows_the_measured_number_of_experts():
+    perf = PerfModel(draft_base_s=0.0, draft_token_s=1e-3, verify_s=(10e-3, 14e-3), copy_s=2e-3, expert_bytes=1000,
+                     verify_distinct=(2.0, 3.5), expert_s=1e-3)
+    assert perf.t_verify_routed(2, layers=4, distinct=3.5) == pytest.approx(14e-3)
+    # two tokens that share their experts (2 per layer, not 3.5) read 4 x 1.5 fewer experts
+    assert perf.t_verify_routed(2, layers=4, distinct=2.0) == pytest.approx(14e-3 - 4 * 1.5e-3)
+    assert perf.t_verify_routed(3, layers=4, distinct=9.0) == perf.t_verify(3)  # past the table: as profiled

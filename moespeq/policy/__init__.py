@@ -65,7 +65,7 @@ def build_policies(cfg: PolicyConfig, layers: int, experts: int, top_k: int, slo
     slots = min(slots, layers * experts)
     capacity = split_slots(slots, layers, experts, cfg.cache.layer_split) if cfg.cache.pool == "layer" else [slots]
     cache = ExpertCache(layers, experts, capacity, rule)
-    governor = make_governor(cfg.governor, perf, layers, experts, top_k, slots)
+    governor = make_governor(cfg.governor, perf, layers, experts, top_k, capacity)
     kind = cfg.prefetch.kind
     prefetcher: Prefetcher
     if kind == "none":

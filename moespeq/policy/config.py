@@ -87,7 +87,7 @@ class GovernorConfig:
     k_min: int = 0  # roofline: smallest candidate (0 lets it switch speculation off)
     k_max: int = 8  # roofline: largest candidate (k_SLO of the paper)
     ema: float = 0.1  # roofline: EMA factor of per-position acceptance and of new-expert counts
-    warmup: int = 8  # roofline: cycles at k_max that measure acceptance before the EMA takes over
+    warmup: int = 4  # roofline: cycles at k_max that measure acceptance before the EMA takes over
     prior_acceptance: float = 0.8  # roofline: per-position acceptance assumed before any measurement
     prior_weight: float = 2.0  # roofline: the prior counts as this many observations of each position
     probe_interval: int = 16  # roofline: after this many cycles at k = 0, one cycle at k = 1 re-measures p_1

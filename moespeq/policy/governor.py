@@ -10,13 +10,20 @@
                beyond the k in use are not observed again after the warm-up;
              - N_new(T), the new experts that verifying T tokens needs, measured after each cycle by
                comparing the verified tokens' routing with the cache contents at the cycle's start, as
-               a level (first token, seen every cycle) times a shape over T (NewExpertEstimator);
-             - k = 0 a candidate when k_min = 0; after `probe_interval` cycles at k = 0 one cycle at
-               k = 1 re-measures p_1, so speculation can come back when the draft starts agreeing.
+               a level (first token, per draft length: the cache depends on k) times a shape over T
+               (NewExpertEstimator);
+             - T_verify(T) as profiled, corrected by the distinct experts per layer that T verified
+               tokens were measured to need (the profile assumes uniform routing; real tokens share
+               experts, which makes long drafts cheaper to verify);
+             - k = 0 a candidate when k_min = 0, its cost from a shadow LRU cache (PlainDecodeShadow) fed
+               with the accepted tokens: the cache's contents depend on the k in use (long drafts evict
+               what plain decoding would reuse), so N_new(1) measured while speculating says little about
+               decoding without a draft; after `probe_interval` cycles at k = 0 one cycle at k = 1
+               re-measures p_1, so speculation can come back when the draft starts agreeing.
 Governors are told each cycle's outcome (`observe`) and asked for the next k (`choose`).
 
 Usage:
-    gov = RooflineGovernor(GovernorConfig(kind="roofline"), perf, layers=32, experts=16, top_k=2, slots=113)
+    gov = RooflineGovernor(GovernorConfig(kind="roofline"), perf, layers=32, experts=16, top_k=2, capacity=[113])
     k = gov.choose(k_cap=8); ...; gov.observe(k, accepted=a, verify_ids=V, resident_at_start=mask)
 """
 
@@ -110,9 +117,13 @@ class NewExpertEstimator:
     """N_new(T) for T = 1..T_max verified tokens, as a level times a shape: N_new(T) = (N_1 + 1) r(T) - 1.
 
     The level N_1 (new experts of the first token, which depends on the cache) is seen every cycle; the
-    shape r(T) = (N_new(T) + 1) / (N_1 + 1) (how fast routing diversity grows with T) only when T tokens
-    are verified, and changes slowly. Before any observation N_1 = L E (1 - slots / (L E)) K / E (a cold
-    cache under uniform routing) and r(T) = (1 - (1 - K/E)^T) / (K/E) (distinct experts of T uniform tokens).
+    shape r(T) = (N_new(T) + 1) / (N_new(1) + 1) (how fast routing diversity grows with T) only when T
+    tokens are verified, and changes slowly; so do the distinct experts per layer that T tokens need
+    (the verify cost). The cache's contents depend on the draft length in use (long drafts evict more),
+    so N_1 is also kept per draft length k, and N_new(k + 1) uses the level of cycles run at k, falling
+    back to the level of all cycles for a k not run yet. Before any observation
+    N_1 = L E (1 - slots / (L E)) K / E (a cold cache under uniform routing) and
+    r(T) = (1 - (1 - K/E)^T) / (K/E) (distinct experts of T uniform tokens).
     """
 
     def __init__(self, t_max: int, layers: int, experts: int, top_k: int, slots: int, ema: float) -> None:
@@ -120,35 +131,95 @@ class NewExpertEstimator:
         distinct = 1.0 - (1.0 - top_k / experts) ** t  # [T] per-expert probability of being needed
         cold = max(0.0, 1.0 - slots / (layers * experts))
         self.level = _Ema(np.array([layers * experts * distinct[0] * cold]), ema)
+        self.level_at_k = _Ema(np.full(t_max, self.level.value[0]), ema)  # index k: cycles of draft length k
         self.shape = _Ema(distinct / distinct[0], ema)
+        self.distinct = _Ema(experts * distinct, ema)  # [T] distinct experts per layer that T tokens need
         self.E = experts
 
     def observe(self, verify_ids: np.ndarray, resident: np.ndarray) -> None:
-        """verify_ids [T, L, K] of a finished cycle; resident [L, E] at its start."""
+        """verify_ids [T, L, K] of a finished cycle (draft length T - 1); resident [L, E] at its start."""
         n_tok, layers = verify_ids.shape[:2]
         seen = np.zeros((layers, self.E), dtype=bool)
         rows = np.arange(layers)[:, None]
-        new = np.empty(n_tok)
+        new, distinct = np.empty(n_tok), np.empty(n_tok)
         for t in range(n_tok):
             seen[rows, verify_ids[t]] = True
             new[t] = np.count_nonzero(seen & ~resident)
+            distinct[t] = np.count_nonzero(seen) / layers
         self.level.update(np.zeros(1, dtype=np.int64), new[:1])
         upto = min(n_tok, self.shape.value.size)
+        self.level_at_k.update(np.array([upto - 1]), new[:1])
+        self.distinct.update(np.arange(upto), distinct[:upto])
         if upto > 1:
             self.shape.update(np.arange(1, upto), (new[1:upto] + 1.0) / (new[0] + 1.0))
 
-    def estimate(self) -> np.ndarray:
-        """[T_max] expected new experts for T = 1..T_max."""
-        return (self.level.value[0] + 1.0) * self.shape.value - 1.0
+    def estimate(self, k: int | None = None) -> np.ndarray:
+        """[T_max] expected new experts for T = 1..T_max, in the cache regime of draft length k (None: all)."""
+        seen = k is not None and self.level_at_k.n[k] > 0
+        level = self.level_at_k.value[k] if seen else self.level.value[0]
+        return (level + 1.0) * self.shape.value - 1.0
+
+
+class PlainDecodeShadow:
+    """Misses per token that plain decoding (k = 0) would have with this cache: an LRU of expert ids only.
+
+    It is fed the accepted path's routing one token at a time, whatever k the decoder runs, so its miss
+    rate is that of the k = 0 regime even while speculation churns the real cache (long drafts load the
+    union of many tokens' experts, rejected tokens' and mispredicted ones included, and evict what
+    consecutive tokens would reuse). An LRU cache of C slots holds exactly the C most recently used
+    experts, so a token misses the experts whose last use ranks below the C-th latest in their pool (one
+    global pool, or one per layer). It stands in for the real eviction rule, which at k = 0 has no
+    lookahead to use and ranks mostly by age.
+    """
+
+    def __init__(self, layers: int, experts: int, capacity: list[int], ema: float) -> None:
+        self.last_use = np.full((layers, experts), -1, dtype=np.int64)
+        self.capacity = np.asarray(capacity, dtype=np.int64)
+        self.clock = 0
+        self.misses = _Ema(np.zeros(1), ema)
+        self.rows = np.arange(layers)[:, None]
+
+    def _resident(self) -> np.ndarray:
+        """[L, E] which experts an LRU of this capacity holds now."""
+        if self.capacity.size == 1:
+            slots = int(min(self.capacity[0], self.last_use.size))
+            threshold = np.partition(self.last_use, -slots, axis=None)[-slots] if slots else np.iinfo(np.int64).max
+        else:
+            ranked = -np.sort(-self.last_use, axis=1)  # each layer's uses, latest first
+            per_layer = np.minimum(self.capacity, self.last_use.shape[1])
+            threshold = np.where(per_layer > 0, ranked[np.arange(per_layer.size), np.maximum(per_layer - 1, 0)],
+                                 np.iinfo(np.int64).max)[:, None]
+        return self.last_use >= np.maximum(threshold, 0)
+
+    def start_from(self, resident: np.ndarray) -> None:
+        """Begin with the real cache's contents (resident [L, E]), as if just used, once, before any token."""
+        if self.clock == 0:
+            n = int(np.count_nonzero(resident))
+            self.last_use[resident] = np.arange(n)
+            self.clock = n
+
+    def observe(self, path_ids: np.ndarray) -> None:
+        """path_ids [T, L, K]: the routing of a cycle's accepted tokens, in decoding order."""
+        for ids in path_ids:
+            missed = np.count_nonzero(~self._resident()[self.rows, ids])
+            self.misses.update(np.zeros(1, dtype=np.int64), np.array([missed]))
+            self.last_use[self.rows, ids] = self.clock + np.arange(ids.size).reshape(ids.shape)
+            self.clock += ids.size
+
+    def estimate(self) -> float | None:
+        return float(self.misses.value[0]) if self.misses.n[0] else None
 
 
 class RooflineGovernor(Governor):
     name = "roofline"
 
-    def __init__(self, cfg: GovernorConfig, perf: PerfModel, layers: int, experts: int, top_k: int, slots: int) -> None:
+    def __init__(self, cfg: GovernorConfig, perf: PerfModel, layers: int, experts: int, top_k: int,
+                 capacity: list[int]) -> None:
         self.cfg, self.perf = cfg, perf
         self.accept = AcceptanceEstimator(max(cfg.k_max, 1), cfg.prior_acceptance, cfg.ema, cfg.prior_weight)
-        self.io = NewExpertEstimator(cfg.k_max + 1, layers, experts, top_k, slots, cfg.ema)
+        self.io = NewExpertEstimator(cfg.k_max + 1, layers, experts, top_k, sum(capacity), cfg.ema)
+        self.plain = PlainDecodeShadow(layers, experts, capacity, cfg.ema)
+        self.layers = layers
         self.cycles = 0
         self.zero_run = 0
         self.last_theta: np.ndarray = np.zeros(cfg.k_max + 1)
@@ -159,9 +230,13 @@ class RooflineGovernor(Governor):
         if self.cycles < cfg.warmup:
             return hi
         lo = min(cfg.k_min, hi)
-        new = self.io.estimate()
         accept = self.accept.estimate()
-        self.last_theta = np.array([theta(self.perf, k, accept, new) for k in range(cfg.k_max + 1)])
+        verify = [self.perf.t_verify_routed(k + 1, self.layers, d) for k, d in enumerate(self.io.distinct.value)]
+        plain = self.plain.estimate()
+        self.last_theta = np.array([theta(self.perf, 0, accept, self.io.estimate(0) if plain is None else [plain],
+                                          verify[0])] +
+                                   [theta(self.perf, k, accept, self.io.estimate(k), verify[k])
+                                    for k in range(1, cfg.k_max + 1)])
         k = lo + int(np.argmax(self.last_theta[lo:hi + 1]))
         if k == 0 and hi >= 1 and self.zero_run >= cfg.probe_interval > 0:
             return 1
@@ -174,16 +249,20 @@ class RooflineGovernor(Governor):
         seen = min(accepted + 1, k)  # positions 1..a accepted, a+1 rejected (if drafted), later unseen
         if seen:
             self.accept.observe((np.arange(seen) < accepted).astype(np.float64))
-        if verify_ids is not None and resident_at_start is not None:
-            self.io.observe(verify_ids, resident_at_start)
+        if resident_at_start is not None:
+            self.plain.start_from(resident_at_start)
+        if verify_ids is not None:
+            self.plain.observe(verify_ids[:accepted + 1])
+            if resident_at_start is not None:
+                self.io.observe(verify_ids, resident_at_start)
 
 
 def make_governor(cfg: GovernorConfig, perf: PerfModel | None = None, layers: int = 0, experts: int = 0,
-                  top_k: int = 0, slots: int = 0) -> Governor:
+                  top_k: int = 0, capacity: list[int] | None = None) -> Governor:
     if cfg.kind == "off":
         return OffGovernor()
     if cfg.kind == "static":
         return StaticGovernor(cfg.k)
     if perf is None:
         raise ValueError("the roofline governor needs a PerfModel")
-    return RooflineGovernor(cfg, perf, layers, experts, top_k, slots)
+    return RooflineGovernor(cfg, perf, layers, experts, top_k, capacity or [0])

@@ -44,6 +44,8 @@ class PerfModel:
     expert_bytes: int
     pcie_overhead_s: float = 0.0  # T_pcie,overhead: fixed cost of a cycle's synchronous fetches
     verify_layer_s: tuple[float, ...] = ()  # one verify layer for T tokens (index T - 1); scheduler budgets
+    verify_distinct: tuple[float, ...] = ()  # experts per layer that verify_s assumes for T tokens (index T - 1)
+    expert_s: float = 0.0  # one more expert in a verify layer (its weights read once for its few tokens)
 
     def __post_init__(self) -> None:
         if not self.verify_s or min(self.verify_s) <= 0:
@@ -66,6 +68,13 @@ class PerfModel:
         slope = table[-1] - table[-2] if len(table) > 1 else table[-1]
         return table[-1] + (tokens - len(table)) * slope
 
+    def t_verify_routed(self, tokens: int, layers: int, distinct: float) -> float:
+        """T_verify(T) when T tokens need `distinct` experts per layer instead of the number verify_s assumes
+        (real routing repeats experts across consecutive tokens more than uniform routing does)."""
+        if tokens > len(self.verify_distinct):
+            return self.t_verify(tokens)
+        return self.t_verify(tokens) + layers * (distinct - self.verify_distinct[tokens - 1]) * self.expert_s
+
     def t_verify_layer(self, tokens: int) -> float:
         if not self.verify_layer_s:
             return 0.0
@@ -77,18 +86,22 @@ def k_accept(accept: Sequence[float] | np.ndarray, k: int) -> float:
     return float(np.cumprod(np.asarray(accept, dtype=np.float64)[:k]).sum()) if k else 0.0
 
 
-def t_cycle(perf: PerfModel, k: int, new_experts: Sequence[float] | np.ndarray) -> float:
-    """T_cycle(k); new_experts[T - 1] = expected new experts when verifying T tokens."""
+def t_cycle(perf: PerfModel, k: int, new_experts: Sequence[float] | np.ndarray,
+            t_verify: float | None = None) -> float:
+    """T_cycle(k); new_experts[T - 1] = expected new experts when verifying T tokens; t_verify overrides
+    the profiled T_verify(k + 1) (the governor's, corrected for the routing it measures)."""
     n_init = float(new_experts[0])
     n_all = float(new_experts[k])
     t_init = n_init * perf.copy_s
     t_new = perf.pcie_overhead_s + max(n_all - n_init, 0.0) * perf.copy_s
-    return max(perf.t_draft(k), t_init) + t_new + perf.t_verify(k + 1)
+    verify = perf.t_verify(k + 1) if t_verify is None else t_verify
+    return max(perf.t_draft(k), t_init) + t_new + verify
 
 
-def theta(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray, new_experts: Sequence[float] | np.ndarray) -> float:
+def theta(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray, new_experts: Sequence[float] | np.ndarray,
+          t_verify: float | None = None) -> float:
     """Expected tokens per second of cycles of draft length k."""
-    return (k_accept(accept, k) + 1.0) / t_cycle(perf, k, new_experts)
+    return (k_accept(accept, k) + 1.0) / t_cycle(perf, k, new_experts, t_verify)
 
 
 def operating_point(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray,
