@@ -143,14 +143,17 @@ def simulate(trace: LookaheadTrace, cfg: SimConfig) -> SimResult:
     layout = layout_for(trace, system, cfg.budget_bytes, cfg.context)
     if not system.k_sweep:
         return _run_once(trace, cfg, system, policy, layout)
-    best = None
+    best, sweep = None, []
     for k in range(trace.meta.k_max + 1):
         # without a draft (k = 0) the oracle needs no draft memory: it gets the same-memory layout
         lay = layout if k else layout_for(trace, system, cfg.budget_bytes, cfg.context, rule_system="lru-sm")
         result = _run_once(trace, cfg, system, policy.replace(governor={"kind": "static", "k": k}), lay)
+        sweep.append({"k": k, "cache_slots": lay.cache_slots_total, "tpot_ms": result.metrics["tpot_ms"]})
         if best is None or result.metrics["tpot_ms"] < best.metrics["tpot_ms"]:
             best = result
     assert best is not None
+    # every k's bound, kept: whether any speculative policy could beat one without a draft at this memory
+    best.metrics["k_sweep"] = sweep
     return best
 
 
