@@ -160,6 +160,7 @@ class Decoder:
     def _cycle(self, seq: SequenceTrace, n: int, k: int, a: int):
         p, step = self.p, self.step
         context = seq.n_prompt + n
+        start = self.env.now
         resident = p.cache.resident_mask()  # [L, E] at the cycle's start
         if self.rec.enabled:
             self.rec.instant(GOVERNOR, self.env.now, k=k)
@@ -176,7 +177,7 @@ class Decoder:
         verify_ids = step_routing(seq, n, k)
         yield from self._pass(verify_ids, context, VERIFY)
         p.prefetcher.end_step(a + 1)
-        p.governor.observe(k, a, verify_ids, resident)
+        p.governor.observe(k, a, verify_ids, resident, self.env.now - start)
         self._count_new(verify_ids, resident)
         if self.rec.enabled:
             self.rec.instant(ACCEPT, self.env.now, k=k, accepted=a)

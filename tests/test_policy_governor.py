@@ -63,16 +63,17 @@ def test_governor_speculates_when_acceptance_is_high_and_experts_are_cached():
     assert gov.choose(k_cap=2) == 2  # the trace end caps k
 
 
-def test_warmup_runs_at_k_max_and_probing_revisits_k1():
+def test_warmup_runs_at_k_max_and_probing_revisits_k1_less_often_when_it_fails():
     gov = _roofline(probe_interval=3)
     assert [gov.choose(4) for _ in range(1)] == [4]
     _feed(gov, accept_prob=0.0, cycles=2, rng=np.random.default_rng(0))
     ks = []
-    for _ in range(8):
+    for _ in range(24):
         k = gov.choose(4)
         ks.append(k)
         gov.observe(k, 0)
-    assert ks == [0, 0, 0, 1, 0, 0, 0, 1]
+    # a probe after 3 cycles at k = 0; each one rejected doubles the wait (3, 6, 12 cycles)
+    assert [i for i, k in enumerate(ks) if k] == [3, 10, 23]
 
 
 def test_new_expert_estimator_measures_against_cache_start_and_extrapolates():

@@ -111,19 +111,19 @@ def _static_tpot(trace, k, **kw):
 def test_governor_stays_near_k0_when_long_drafts_thrash_the_cache():
     # Consecutive tokens repeat experts (locality 0.85): decoding one token at a time keeps them cached,
     # while each long cycle loads many tokens' experts into speq's 86 slots and evicts the reused ones, so
-    # k = 8 is 1.60x slower than k = 0 although drafts are accepted. Measured speq / (k = 0): 1.16 (the
+    # k = 8 is 1.60x slower than k = 0 although drafts are accepted. Measured speq / (k = 0): 1.07 (the
     # warm-up at k_max and the k = 1 probes); the governor that judged k = 0 by the cache it was
     # speculating on: 1.62.
     local = synthesize(SynthConfig(model=PHI, seqs=1, tokens=384, prompt_len=16, k_max=8, locality=0.85, seed=2))
     plain = _static_tpot(local, 0)
     assert _static_tpot(local, 8) > 1.3 * plain
-    assert _sim(local, "speq").metrics["tpot_ms"] < 1.3 * plain
+    assert _sim(local, "speq").metrics["tpot_ms"] < 1.2 * plain
 
 
 def test_governor_speculates_when_tokens_share_experts():
     # DeepSeek geometry with repeating routing on the H200: verifying k + 1 tokens reads far fewer experts
     # than uniform routing would (what the profiled T_verify assumes), so drafts pay (k = 0 is 1.32x the
-    # best static k). Measured speq / best static: 1.04; with the uniform T_verify: 1.13.
+    # best static k). Measured speq / best static: 1.05; with the uniform T_verify: 1.13.
     deepseek, h200 = get_model("deepseek-v2-lite"), get_hardware("h200-pcie5")
     trace = synthesize(SynthConfig(model=deepseek, seqs=1, tokens=384, prompt_len=16, k_max=8, locality=0.5,
                                    acceptance=0.95, seed=2))

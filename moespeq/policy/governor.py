@@ -19,7 +19,11 @@
                with the accepted tokens: the cache's contents depend on the k in use (long drafts evict
                what plain decoding would reuse), so N_new(1) measured while speculating says little about
                decoding without a draft; after `probe_interval` cycles at k = 0 one cycle at k = 1
-               re-measures p_1, so speculation can come back when the draft starts agreeing.
+               re-measures p_1, so speculation can come back when the draft starts agreeing (a probe
+               that does not bring it back doubles the wait for the next, up to 8 intervals);
+             - the modelled T_cycle(k) scaled by the measured / modelled cycle time of k (interpolated
+               over k for draft lengths not run): the model counts each new expert once, while long
+               cycles also reload experts evicted within the cycle and pay for wrong prefetches.
 Governors are told each cycle's outcome (`observe`) and asked for the next k (`choose`).
 
 Usage:
@@ -32,7 +36,9 @@ from __future__ import annotations
 import numpy as np
 
 from moespeq.policy.config import GovernorConfig
-from moespeq.policy.roofline import PerfModel, theta
+from moespeq.policy.roofline import PerfModel, k_accept, t_cycle
+
+PROBE_BACKOFF_MAX = 8  # probes that fail in a row space out to at most 8 probe intervals
 
 
 class Governor:
@@ -43,8 +49,8 @@ class Governor:
         raise NotImplementedError
 
     def observe(self, k: int, accepted: int, verify_ids: np.ndarray | None = None,
-                resident_at_start: np.ndarray | None = None) -> None:
-        """A cycle of draft length k accepted `accepted` draft tokens; verify_ids [k+1, L, K]."""
+                resident_at_start: np.ndarray | None = None, cycle_s: float | None = None) -> None:
+        """A cycle of draft length k accepted `accepted` draft tokens; verify_ids [k+1, L, K]; it took cycle_s."""
 
 
 class OffGovernor(Governor):
@@ -223,6 +229,27 @@ class RooflineGovernor(Governor):
         self.cycles = 0
         self.zero_run = 0
         self.last_theta: np.ndarray = np.zeros(cfg.k_max + 1)
+        self.overrun = _Ema(np.ones(cfg.k_max), cfg.ema)  # index k - 1: measured / modelled T_cycle(k)
+        self.probe_wait = cfg.probe_interval  # cycles at k = 0 before the next probe at k = 1
+        self.probed = False
+
+    def _model(self) -> tuple[np.ndarray, np.ndarray]:
+        """Expected tokens and T_cycle (seconds) of a cycle at each k = 0..k_max, by the roofline model."""
+        accept = self.accept.estimate()
+        verify = [self.perf.t_verify_routed(k + 1, self.layers, d) for k, d in enumerate(self.io.distinct.value)]
+        plain = self.plain.estimate()
+        new = [self.io.estimate(0) if plain is None else [plain]] + [self.io.estimate(k) for k in range(1, self.cfg.k_max + 1)]
+        tokens = np.array([k_accept(accept, k) + 1.0 for k in range(self.cfg.k_max + 1)])
+        times = np.array([t_cycle(self.perf, k, new[k], verify[k]) for k in range(self.cfg.k_max + 1)])
+        return tokens, times
+
+    def _overrun(self) -> np.ndarray:
+        """[k_max] measured / modelled cycle time of k = 1..k_max: per k where measured, else interpolated."""
+        seen = np.flatnonzero(self.overrun.n)
+        if seen.size == 0:
+            return np.ones(self.cfg.k_max)
+        ks = np.arange(1, self.cfg.k_max + 1)
+        return np.where(self.overrun.n > 0, self.overrun.value, np.interp(ks, seen + 1, self.overrun.value[seen]))
 
     def choose(self, k_cap: int) -> int:
         cfg = self.cfg
@@ -230,20 +257,21 @@ class RooflineGovernor(Governor):
         if self.cycles < cfg.warmup:
             return hi
         lo = min(cfg.k_min, hi)
-        accept = self.accept.estimate()
-        verify = [self.perf.t_verify_routed(k + 1, self.layers, d) for k, d in enumerate(self.io.distinct.value)]
-        plain = self.plain.estimate()
-        self.last_theta = np.array([theta(self.perf, 0, accept, self.io.estimate(0) if plain is None else [plain],
-                                          verify[0])] +
-                                   [theta(self.perf, k, accept, self.io.estimate(k), verify[k])
-                                    for k in range(1, cfg.k_max + 1)])
+        tokens, times = self._model()
+        times[1:] *= self._overrun()
+        self.last_theta = tokens / times
         k = lo + int(np.argmax(self.last_theta[lo:hi + 1]))
-        if k == 0 and hi >= 1 and self.zero_run >= cfg.probe_interval > 0:
-            return 1
-        return k
+        if k > 0:
+            self.probe_wait = cfg.probe_interval
+        elif self.probed:  # the probe did not bring speculation back: wait twice as long for the next
+            self.probe_wait = min(2 * self.probe_wait, PROBE_BACKOFF_MAX * cfg.probe_interval)
+        self.probed = k == 0 and hi >= 1 and self.zero_run >= self.probe_wait > 0
+        return 1 if self.probed else k
 
     def observe(self, k: int, accepted: int, verify_ids: np.ndarray | None = None,
-                resident_at_start: np.ndarray | None = None) -> None:
+                resident_at_start: np.ndarray | None = None, cycle_s: float | None = None) -> None:
+        if cycle_s is not None and k >= 1:
+            self.overrun.update(np.array([k - 1]), np.array([cycle_s / self._model()[1][k]]))
         self.cycles += 1
         self.zero_run = self.zero_run + 1 if k == 0 else 0
         seen = min(accepted + 1, k)  # positions 1..a accepted, a+1 rejected (if drafted), later unseen
