@@ -81,9 +81,9 @@ def test_new_expert_estimator_measures_against_cache_start_and_extrapolates():
     resident = np.array([[True, False, False, False]])
     verify = np.array([[[0]], [[1]]])  # token 1 needs cached expert 0, token 2 needs new expert 1
     est.observe(verify, resident)
-    out = est.estimate()
-    assert out[:2].tolist() == [0.0, 1.0]
-    assert out[2] > out[1] and out[3] > out[2]  # scaled by the uniform-routing shape
+    first, cycle = est.levels()  # per draft length k: N_new(1) and N_new(k + 1)
+    assert first[1] == 0.0 and cycle[1] == 1.0  # the k = 1 cycle it saw
+    assert cycle[3] > cycle[2] > cycle[1]  # longer drafts: scaled by the uniform-routing shape
 
 
 def test_static_and_off_governors():
@@ -141,7 +141,8 @@ def test_plain_decode_shadow_starts_from_the_real_cache():
 def test_verify_time_follows_the_measured_number_of_experts():
     perf = PerfModel(draft_base_s=0.0, draft_token_s=1e-3, verify_s=(10e-3, 14e-3), copy_s=2e-3, expert_bytes=1000,
                      verify_distinct=(2.0, 3.5), expert_s=1e-3)
-    assert perf.t_verify_routed(2, layers=4, distinct=3.5) == pytest.approx(14e-3)
+    verify = perf.t_verify_routed(layers=4, distinct=np.array([2.0, 3.5, 9.0]))
+    assert verify[:2] == pytest.approx([10e-3, 14e-3])  # the routing the profile assumed
     # two tokens that share their experts (2 per layer, not 3.5) read 4 x 1.5 fewer experts
-    assert perf.t_verify_routed(2, layers=4, distinct=2.0) == pytest.approx(14e-3 - 4 * 1.5e-3)
-    assert perf.t_verify_routed(3, layers=4, distinct=9.0) == perf.t_verify(3)  # past the table: as profiled
+    assert perf.t_verify_routed(layers=4, distinct=np.array([2.0, 2.0]))[1] == pytest.approx(14e-3 - 4 * 1.5e-3)
+    assert verify[2] == perf.t_verify(3)  # past the table: as profiled

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from moespeq.policy.config import GovernorConfig
-from moespeq.policy.roofline import PerfModel, k_accept, t_cycle
+from moespeq.policy.roofline import PerfModel, cycle_times
 
 PROBE_BACKOFF_MAX = 8  # probes that fail in a row space out to at most 8 probe intervals
 
@@ -159,11 +159,10 @@ class NewExpertEstimator:
         if upto > 1:
             self.shape.update(np.arange(1, upto), (new[1:upto] + 1.0) / (new[0] + 1.0))
 
-    def estimate(self, k: int | None = None) -> np.ndarray:
-        """[T_max] expected new experts for T = 1..T_max, in the cache regime of draft length k (None: all)."""
-        seen = k is not None and self.level_at_k.n[k] > 0
-        level = self.level_at_k.value[k] if seen else self.level.value[0]
-        return (level + 1.0) * self.shape.value - 1.0
+    def levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each draft length k = 0..T_max-1 in its own cache regime: N_new(1) and N_new(k + 1)."""
+        level = np.where(self.level_at_k.n > 0, self.level_at_k.value, self.level.value[0])
+        return level.copy(), (level + 1.0) * self.shape.value - 1.0
 
 
 class PlainDecodeShadow:
@@ -235,13 +234,14 @@ class RooflineGovernor(Governor):
 
     def _model(self) -> tuple[np.ndarray, np.ndarray]:
         """Expected tokens and T_cycle (seconds) of a cycle at each k = 0..k_max, by the roofline model."""
-        accept = self.accept.estimate()
-        verify = [self.perf.t_verify_routed(k + 1, self.layers, d) for k, d in enumerate(self.io.distinct.value)]
+        accept = self.accept.estimate()[: self.cfg.k_max]
+        tokens = np.concatenate(([1.0], 1.0 + np.cumsum(np.cumprod(accept))))  # k_accept(k) + 1
+        verify = self.perf.t_verify_routed(self.layers, self.io.distinct.value)
+        n_init, n_all = self.io.levels()
         plain = self.plain.estimate()
-        new = [self.io.estimate(0) if plain is None else [plain]] + [self.io.estimate(k) for k in range(1, self.cfg.k_max + 1)]
-        tokens = np.array([k_accept(accept, k) + 1.0 for k in range(self.cfg.k_max + 1)])
-        times = np.array([t_cycle(self.perf, k, new[k], verify[k]) for k in range(self.cfg.k_max + 1)])
-        return tokens, times
+        if plain is not None:
+            n_init[0] = n_all[0] = plain
+        return tokens, cycle_times(self.perf, n_init, n_all, verify)
 
     def _overrun(self) -> np.ndarray:
         """[k_max] measured / modelled cycle time of k = 1..k_max: per k where measured, else interpolated."""

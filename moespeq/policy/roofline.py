@@ -68,12 +68,15 @@ class PerfModel:
         slope = table[-1] - table[-2] if len(table) > 1 else table[-1]
         return table[-1] + (tokens - len(table)) * slope
 
-    def t_verify_routed(self, tokens: int, layers: int, distinct: float) -> float:
-        """T_verify(T) when T tokens need `distinct` experts per layer instead of the number verify_s assumes
-        (real routing repeats experts across consecutive tokens more than uniform routing does)."""
-        if tokens > len(self.verify_distinct):
-            return self.t_verify(tokens)
-        return self.t_verify(tokens) + layers * (distinct - self.verify_distinct[tokens - 1]) * self.expert_s
+    def t_verify_routed(self, layers: int, distinct: np.ndarray) -> np.ndarray:
+        """T_verify(T) for T = 1..len(distinct) when T tokens need distinct[T - 1] experts per layer instead
+        of the number verify_s assumes (real routing repeats experts across consecutive tokens more than
+        uniform routing does); as profiled past the table of assumed counts."""
+        base = np.array([self.t_verify(t) for t in range(1, len(distinct) + 1)])
+        n = min(len(self.verify_distinct), len(distinct))
+        extra = np.zeros(len(distinct))
+        extra[:n] = layers * (np.asarray(distinct[:n]) - np.asarray(self.verify_distinct[:n])) * self.expert_s
+        return base + extra
 
     def t_verify_layer(self, tokens: int) -> float:
         if not self.verify_layer_s:
@@ -86,16 +89,22 @@ def k_accept(accept: Sequence[float] | np.ndarray, k: int) -> float:
     return float(np.cumprod(np.asarray(accept, dtype=np.float64)[:k]).sum()) if k else 0.0
 
 
+def cycle_times(perf: PerfModel, n_init: np.ndarray, n_all: np.ndarray, t_verify: np.ndarray) -> np.ndarray:
+    """T_cycle(k) for k = 0..K-1 at once: n_init[k] and n_all[k] new experts of the first and of all k + 1
+    verified tokens, t_verify[k] = T_verify(k + 1)."""
+    k = np.arange(len(n_init))
+    draft = np.where(k > 0, perf.draft_base_s + k * perf.draft_token_s, 0.0)
+    t_new = perf.pcie_overhead_s + np.maximum(n_all - n_init, 0.0) * perf.copy_s
+    return np.maximum(draft, n_init * perf.copy_s) + t_new + t_verify
+
+
 def t_cycle(perf: PerfModel, k: int, new_experts: Sequence[float] | np.ndarray,
             t_verify: float | None = None) -> float:
     """T_cycle(k); new_experts[T - 1] = expected new experts when verifying T tokens; t_verify overrides
     the profiled T_verify(k + 1) (the governor's, corrected for the routing it measures)."""
-    n_init = float(new_experts[0])
-    n_all = float(new_experts[k])
-    t_init = n_init * perf.copy_s
-    t_new = perf.pcie_overhead_s + max(n_all - n_init, 0.0) * perf.copy_s
     verify = perf.t_verify(k + 1) if t_verify is None else t_verify
-    return max(perf.t_draft(k), t_init) + t_new + verify
+    row = np.zeros(k + 1)
+    return float(cycle_times(perf, row + float(new_experts[0]), row + float(new_experts[k]), row + verify)[k])
 
 
 def theta(perf: PerfModel, k: int, accept: Sequence[float] | np.ndarray, new_experts: Sequence[float] | np.ndarray,
