@@ -52,7 +52,7 @@ class EvictionPolicy:
     def __init__(self, layers: int, experts: int, decay: float = 0.9) -> None:
         n = layers * experts
         self.L, self.E, self.decay = layers, experts, decay
-        self.last_use = np.zeros(n, dtype=np.float64)  # access clock of the last use (or insertion)
+        self.last_use = np.zeros(n, dtype=np.float64)  # access clock of the last use or insertion (_touch)
         self.count = np.zeros(n, dtype=np.float64)  # plain use count (kept by LFU, the one rule that reads it)
         self.freq = np.zeros(n, dtype=np.float64)  # decayed count as of freq_step
         self.freq_step = np.zeros(n, dtype=np.float64)
@@ -83,9 +83,13 @@ class EvictionPolicy:
     def on_access(self, flat: np.ndarray, clock: int) -> None:
         if clock >= _CLOCK_LIMIT:
             raise RuntimeError("access clock passed 2^27: the eviction tie key would lose recency order")
-        self.last_use[flat] = clock
+        self._touch(flat, clock)
         self.last_step[flat] = self.step
         self._use(flat)
+
+    def _touch(self, flat: np.ndarray | int, clock: int) -> None:
+        """Record flat's latest use or insertion by the access clock (the recency lru, lfu and lfru order by)."""
+        self.last_use[flat] = clock
 
     def on_insert(self, flat: int | np.ndarray, clock: int, prefetched: bool = False) -> None:
         """A newly loaded expert counts as just used for recency, so it is not the next victim.
@@ -94,7 +98,7 @@ class EvictionPolicy:
         expects): otherwise frequency rules evict every prefetch before its use, as it has no count yet.
         A demand load's use was already counted by `on_access`.
         """
-        self.last_use[flat] = clock
+        self._touch(flat, clock)
         if prefetched:
             self._use(flat)
         else:
@@ -211,6 +215,9 @@ class _NextUse(EvictionPolicy):
         if step >= _AGE_LIMIT:
             raise RuntimeError("step passed 2^20: the eviction fallback key would lose age order")
         super().progress(step, layer)
+
+    def _touch(self, flat: np.ndarray | int, clock: int) -> None:
+        """Nothing to record: these rules judge age in steps (last_step), never by the access clock."""
 
     def next_use(self) -> np.ndarray:
         """[L*E] distance (any monotone unit) to each expert's next use; FAR-or-more when unknown."""
