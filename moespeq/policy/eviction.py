@@ -315,6 +315,8 @@ class _NextUse(EvictionPolicy):
         return int(farthest[self.fallback_key(farthest).argmin()])
 
     def victims(self, candidates: np.ndarray, lo: int, m: int) -> np.ndarray:
+        if m == 1:  # the common single miss: no sort
+            return np.array([self.victim(candidates, lo)])
         flat = _flat(candidates, lo)
         order = np.lexsort((self.fallback_key(flat), -self.next_use()[flat]))
         return flat[order[:m]]
