@@ -162,7 +162,7 @@ class NewExpertEstimator:
     def levels(self) -> tuple[np.ndarray, np.ndarray]:
         """For each draft length k = 0..T_max-1 in its own cache regime: N_new(1) and N_new(k + 1)."""
         level = np.where(self.level_at_k.n > 0, self.level_at_k.value, self.level.value[0])
-        return level.copy(), (level + 1.0) * self.shape.value - 1.0
+        return level, (level + 1.0) * self.shape.value - 1.0  # np.where made level a new array
 
 
 class PlainDecodeShadow:
