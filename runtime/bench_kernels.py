@@ -70,7 +70,7 @@ def bench_model(name: str, tokens: Sequence[int], hbm_gbps: float, pinned_peak_g
     for t in tokens:
         geo.check_tokens(t)
         distinct = lb.mean_distinct(t)
-        cfg4, cfgb = (launch_config(k, dev, geo.hidden, geo.moe_ffn, t) for k in ("moe_int4", "moe_bf16"))
+        cfg4, cfgb = (launch_config(k, dev, geo, t) for k in ("moe_int4", "moe_bf16"))
         int4_s = median_time_s(lb.int4_call(t, cfg4), iters=100)
         bf16_s = median_time_s(lb.bf16_call(t, cfgb), iters=50)
         row = {"model": name, "tokens": t, "distinct_experts": distinct, "int4_us": int4_s * 1e6,
@@ -116,7 +116,7 @@ def bench_copies(lb: Any, pinned_peak_gbps: float, tokens: int, int4_s_per_call:
     raw_s = median_time_s(lambda i: cupy.cuda.runtime.memcpyAsync(dst, src, geo.expert_bytes_bf16, cupy.cuda.runtime.memcpyHostToDevice,
                                                                    store.copy_stream.ptr), iters=20, stream=store.copy_stream)
     prefetch_s = median_time_s(prefetch, iters=20, stream=store.copy_stream)
-    cfg = launch_config("moe_int4", device_info().name, geo.hidden, geo.moe_ffn, tokens)
+    cfg = launch_config("moe_int4", device_info().name, geo, tokens)
     layer_call = lb.int4_call(tokens, cfg)
     layers_per_run = max(1, round(n_copies * raw_s / int4_s_per_call))
 

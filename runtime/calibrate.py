@@ -14,7 +14,7 @@ kernel_tables keys (the simulator reads these; times are medians of one launch w
       null where no routing of T tokens uses n distinct experts (n < K or n > min(E, T*K)); interpolate
       in n (bytes grow with n) and in T.
   "expert_h2d_s": {MODEL: seconds of one bf16 expert copy from pinned memory on the copy stream}
-  "launch_configs": {MODEL: {"moe_int4" | "moe_bf16": {T: {warps, blocks_per_sm, down_splits}}}}
+  "launch_configs": {MODEL: {"moe_int4" | "moe_bf16": {T: {warps, blocks_per_sm, down_splits, k_splits}}}}
 
 Usage:
     moespeq calibrate --model phi-3.5-moe --out hw.json
@@ -71,7 +71,7 @@ def kernel_tables(lb: Any, tokens: tuple[int, ...]) -> dict[str, dict[str, Any]]
     for key, kernel, call in (("moe_int4_layer_s", "moe_int4", lb.int4_call), ("moe_bf16_layer_s", "moe_bf16", lb.bf16_call)):
         rows = []
         for t in tokens:
-            cfg = launch_config(kernel, dev, geo.hidden, geo.moe_ffn, t)
+            cfg = launch_config(kernel, dev, geo, t)
             rows.append([median_time_s(call(t, cfg, n), iters=20) if n <= min(geo.experts, t * geo.top_k) else None
                          for n in counts])
         tables[key] = {"hidden": geo.hidden, "moe_ffn": geo.moe_ffn, "experts": geo.experts, "top_k": geo.top_k,
@@ -114,16 +114,16 @@ def calibrate(cfg: CalibrateConfig, command: str) -> HardwareProfile:
     lb = LayerBench.build(spec)
     geo = lb.geo
     if cfg.tune:
-        best = {k: {shape_key(geo.hidden, geo.moe_ffn): {t: c for t, (c, _) in tune(lb, k, cfg.tokens).items()}}
+        best = {k: {shape_key(geo): {t: c for t, (c, _) in tune(lb, k, cfg.tokens).items()}}
                 for k in ("moe_int4", "moe_bf16")}
         path = write_configs(env["gpu"], command, best)
         log.info("tuned launch parameters written to %s", path)
     tables = kernel_tables(lb, cfg.tokens)
-    int4_cfg = launch_config("moe_int4", env["gpu"], geo.hidden, geo.moe_ffn, 1)
+    int4_cfg = launch_config("moe_int4", env["gpu"], geo, 1)
     one_layer = lb.int4_call(1, int4_cfg)
     int4_s = tables["moe_int4_layer_s"]["time_s"][0][0]
     copies = bench_copies(lb, max(b for _, b in h2d), tokens=1, int4_s_per_call=int4_s)
-    configs = {k: {t: launch_config(k, env["gpu"], geo.hidden, geo.moe_ffn, t).to_dict() for t in cfg.tokens}
+    configs = {k: {t: launch_config(k, env["gpu"], geo, t).to_dict() for t in cfg.tokens}
                for k in ("moe_int4", "moe_bf16")}
     return HardwareProfile(
         name=cfg.name or f"calibrated-{env['gpu'].replace(' ', '-').lower()}",

@@ -64,7 +64,7 @@ def tune_all(out: Path, models: list[str]) -> str:
     timings: dict[str, dict] = {}
     for name in models:
         lb = LayerBench.build(get_model(name))
-        key = shape_key(lb.geo.hidden, lb.geo.moe_ffn)
+        key = shape_key(lb.geo)
         best = {}
         for kernel in ("moe_int4", "moe_bf16"):
             timed = time_candidates(lb, kernel, TUNE_TOKENS)

@@ -1,17 +1,24 @@
 """Tuned launch parameters of the MoE kernels: data in runtime/configs/<device>.json, not code.
 
-A file holds, per kernel ("moe_int4", "moe_bf16") and shape key "D=<hidden>,F=<moe_ffn>", the best
-parameters found at measured token counts:
+A file holds, per kernel ("moe_int4", "moe_bf16") and shape key "D=<hidden>,F=<moe_ffn>,E=<experts>,K=<top_k>",
+the best parameters found at measured token counts:
 
     {"device": "NVIDIA H200", "source": "<command that measured it>",
-     "kernels": {"moe_int4": {"D=4096,F=6400": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1, "k_splits": 1}}}}}
+     "kernels": {"moe_int4": {"D=4096,F=6400,E=16,K=2": {"1": {"warps": 4, "blocks_per_sm": 2, "down_splits": 1,
+                                                             "k_splits": 1}}}}}
 
-Lookup takes the nearest measured token count of the exact shape; without the file or the shape it
-falls back to DEFAULT_CONFIG with a warning, once per (kernel, device, shape). `moespeq calibrate` and
-runtime/gpu_check.py write these files.
+The key holds E and K as well as the expert shape because a launch's work depends on them: its items are
+counted per distinct expert in use (how many T tokens' top-K choices among E name), its prologue walks all E
+experts, and the workspace's strides follow min(E, 16 K). Two models with one expert shape (qwen1.5-moe-a2.7b
+and deepseek-v2-lite) tune to different parameters.
+
+Lookup takes the nearest measured token count of the exact key; without the file or the key it falls back to
+DEFAULT_CONFIG with a warning, once per (kernel, device, key). Entries of an older file keyed "D=..,F=.." only
+are ignored with a warning (they would give one model another's parameters) and dropped when the file is
+next written. `moespeq calibrate` and runtime/gpu_check.py write these files.
 
 Usage:
-    cfg = launch_config("moe_int4", "NVIDIA H200", hidden=4096, moe_ffn=6400, tokens=4)
+    cfg = launch_config("moe_int4", "NVIDIA H200", ExpertGeometry(4096, 6400, 16, 2), tokens=4)
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from moespeq.runtime.layout import MAX_WARPS
+from moespeq.runtime.layout import MAX_WARPS, ExpertGeometry
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 KERNELS = ("moe_int4", "moe_bf16")
+_KEY = re.compile(r"D=\d+,F=\d+,E=\d+,K=\d+")
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,9 @@ class LaunchConfig:
 DEFAULT_CONFIG = LaunchConfig()
 
 
-def shape_key(hidden: int, moe_ffn: int) -> str:
-    return f"D={hidden},F={moe_ffn}"
+def shape_key(geometry: ExpertGeometry) -> str:
+    """'D=2048,F=1408,E=60,K=4': everything of a layer that its launches' work depends on (module docstring)."""
+    return f"D={geometry.hidden},F={geometry.moe_ffn},E={geometry.experts},K={geometry.top_k}"
 
 
 def config_path(device_name: str) -> Path:
@@ -69,30 +78,43 @@ def config_path(device_name: str) -> Path:
 
 
 @functools.cache
-def _load(path: Path) -> dict[str, Any] | None:
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The file's contents without entries of the old D,F-only key (warned about), or None without a file."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
     if set(data) - {"device", "source", "kernels"} or set(data.get("kernels", {})) - set(KERNELS):
         raise ValueError(f"{path}: unknown keys; expected device, source, kernels[{', '.join(KERNELS)}]")
-    log.info("kernel launch parameters from %s", path)
+    for kernel, shapes in data.get("kernels", {}).items():
+        stale = sorted(key for key in shapes if not _KEY.fullmatch(key))
+        if stale:
+            _warn_once(f"{path}: ignoring {kernel} launch parameters keyed {', '.join(stale)} (keys are now "
+                       f"D=..,F=..,E=..,K=..); run `moespeq calibrate` to tune them")
+            data["kernels"][kernel] = {key: table for key, table in shapes.items() if key not in stale}
     return data
 
 
 @functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)
+def _load(path: Path) -> dict[str, Any] | None:
+    data = _read(path)
+    if data is not None:
+        log.info("kernel launch parameters from %s", path)
+    return data
 
 
-def launch_config(kernel: str, device_name: str, hidden: int, moe_ffn: int, tokens: int) -> LaunchConfig:
-    """The tuned parameters for this shape at the nearest measured token count, else the default."""
+def launch_config(kernel: str, device_name: str, geometry: ExpertGeometry, tokens: int) -> LaunchConfig:
+    """The tuned parameters for this layer's key at the nearest measured token count, else the default."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     path = config_path(device_name)
-    data = _load(path)
-    table = (data or {}).get("kernels", {}).get(kernel, {}).get(shape_key(hidden, moe_ffn))
+    key = shape_key(geometry)
+    table = (_load(path) or {}).get("kernels", {}).get(kernel, {}).get(key)
     if not table:
-        _warn_once(f"no tuned {kernel} launch parameters for {shape_key(hidden, moe_ffn)} on {device_name} "
+        _warn_once(f"no tuned {kernel} launch parameters for {key} on {device_name} "
                    f"in {path}; using {DEFAULT_CONFIG} (run `moespeq calibrate` to tune)")
         return DEFAULT_CONFIG
     nearest = min(table, key=lambda t: (abs(int(t) - tokens), int(t)))
@@ -101,9 +123,9 @@ def launch_config(kernel: str, device_name: str, hidden: int, moe_ffn: int, toke
 
 def write_configs(device_name: str, source: str, best: dict[str, dict[str, dict[str, LaunchConfig]]],
                   path: Path | None = None) -> Path:
-    """Merge best[kernel][shape_key][tokens] into the device's file (or `path`)."""
+    """Merge best[kernel][shape_key][tokens] into the device's file (or `path`), dropping old-key entries."""
     path = path or config_path(device_name)
-    data = json.loads(path.read_text()) if path.is_file() else {"device": device_name, "source": source, "kernels": {}}
+    data = _read(path) or {"device": device_name, "source": source, "kernels": {}}
     data["source"] = source
     for kernel, shapes in best.items():
         for key, by_tokens in shapes.items():

@@ -23,8 +23,7 @@ def _prepare(kernel: str, x: Any, geometry: ExpertGeometry, workspace: Any, out:
 
     workspace = workspace or moe_kernels.MoeWorkspace(geometry)
     out = _empty_like(x) if out is None else out
-    config = config or launch_config(kernel, moe_kernels.device_info().name, geometry.hidden, geometry.moe_ffn,
-                                     x.shape[0])
+    config = config or launch_config(kernel, moe_kernels.device_info().name, geometry, x.shape[0])
     return moe_kernels, workspace, out, config
 
 

@@ -1,5 +1,7 @@
 """The NumPy references of the MoE kernels, the op dispatch, the backend and the kernel shape limits."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -118,15 +120,45 @@ def test_unsupported_shapes_are_one_line_user_errors():
 
 def test_launch_config_nearest_tokens_and_fallback(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(lc, "CONFIG_DIR", tmp_path)
-    best = {"moe_int4": {lc.shape_key(256, 128): {1: lc.LaunchConfig(4, 3, 1), 8: lc.LaunchConfig(8, 2, 2)}}}
+    geo = ExpertGeometry(hidden=256, moe_ffn=128, experts=8, top_k=2)
+    best = {"moe_int4": {lc.shape_key(geo): {1: lc.LaunchConfig(4, 3, 1), 8: lc.LaunchConfig(8, 2, 2)}}}
     path = lc.write_configs("Test GPU X", "unit test", best)
     assert path == tmp_path / "Test_GPU_X.json"
-    assert lc.launch_config("moe_int4", "Test GPU X", 256, 128, tokens=3) == lc.LaunchConfig(4, 3, 1)
-    assert lc.launch_config("moe_int4", "Test GPU X", 256, 128, tokens=6) == lc.LaunchConfig(8, 2, 2)
+    assert lc.launch_config("moe_int4", "Test GPU X", geo, tokens=3) == lc.LaunchConfig(4, 3, 1)
+    assert lc.launch_config("moe_int4", "Test GPU X", geo, tokens=6) == lc.LaunchConfig(8, 2, 2)
     with caplog.at_level("WARNING"):
-        assert lc.launch_config("moe_bf16", "Test GPU X", 256, 128, tokens=1) == lc.DEFAULT_CONFIG
+        assert lc.launch_config("moe_bf16", "Test GPU X", geo, tokens=1) == lc.DEFAULT_CONFIG
     assert "no tuned moe_bf16 launch parameters" in caplog.text
     with pytest.raises(ValueError, match="warps=9"):
         lc.LaunchConfig(warps=9)
     with pytest.raises(ValueError, match="k_splits=3: must divide warps=4"):
         lc.LaunchConfig(warps=4, k_splits=3)
+
+
+def test_launch_config_keeps_models_of_one_expert_shape_apart(tmp_path, monkeypatch):
+    """qwen1.5-moe-a2.7b and deepseek-v2-lite share D and F; tuning the second must not replace the first's."""
+    monkeypatch.setattr(lc, "CONFIG_DIR", tmp_path)
+    qwen, deepseek = (ExpertGeometry.from_spec(PRESETS[name]) for name in ("qwen1.5-moe-a2.7b", "deepseek-v2-lite"))
+    assert (qwen.hidden, qwen.moe_ffn) == (deepseek.hidden, deepseek.moe_ffn)
+    lc.write_configs("Test GPU Y", "unit test", {"moe_int4": {lc.shape_key(qwen): {1: lc.LaunchConfig(8, 2, 1, 2)}}})
+    lc.write_configs("Test GPU Y", "unit test", {"moe_int4": {lc.shape_key(deepseek): {1: lc.LaunchConfig(4, 3, 2, 4)}}})
+    assert lc.launch_config("moe_int4", "Test GPU Y", qwen, tokens=1) == lc.LaunchConfig(8, 2, 1, 2)
+    assert lc.launch_config("moe_int4", "Test GPU Y", deepseek, tokens=1) == lc.LaunchConfig(4, 3, 2, 4)
+    same_shape_other_k = ExpertGeometry(qwen.hidden, qwen.moe_ffn, qwen.experts, qwen.top_k + 1)
+    assert lc.shape_key(same_shape_other_k) != lc.shape_key(qwen)
+
+
+def test_launch_config_ignores_old_shape_keys_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A file keyed D,F only (before E and K were in the key): its entries are ignored, then dropped on write."""
+    monkeypatch.setattr(lc, "CONFIG_DIR", tmp_path)
+    old = {"device": "Test GPU Z", "source": "old", "kernels": {"moe_int4": {"D=256,F=128": {"1": {"warps": 8}}}}}
+    path = lc.config_path("Test GPU Z")
+    path.write_text(json.dumps(old))
+    geo = ExpertGeometry(hidden=256, moe_ffn=128, experts=8, top_k=2)
+    with caplog.at_level("WARNING"):
+        assert lc.launch_config("moe_int4", "Test GPU Z", geo, tokens=1) == lc.DEFAULT_CONFIG
+    assert "ignoring moe_int4 launch parameters keyed D=256,F=128" in caplog.text
+    lc.write_configs("Test GPU Z", "unit test", {"moe_int4": {lc.shape_key(geo): {1: lc.LaunchConfig(4, 3, 1)}}})
+    assert json.loads(path.read_text())["kernels"]["moe_int4"] == {"D=256,F=128,E=8,K=2": {
+        "1": {"warps": 4, "blocks_per_sm": 3, "down_splits": 1, "k_splits": 1}}}
+    assert lc.launch_config("moe_int4", "Test GPU Z", geo, tokens=1) == lc.LaunchConfig(4, 3, 1)
