@@ -21,6 +21,7 @@ Usage:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -105,8 +106,20 @@ class LayerPlan(NamedTuple):
     fetch: np.ndarray  # [n] flat, most tokens first (ties: lower id): the order its misses are fetched in
 
 
+def _delay_to(now: float, t: float) -> float:
+    """The delay d >= 0 with now + d == t in floating point (t - now alone can miss t by an ulp)."""
+    d = t - now
+    while now + d < t:
+        d = math.nextafter(d, math.inf)
+    while d > 0.0 and now + d > t:
+        d = math.nextafter(d, 0.0)
+    return d
+
+
 class Decoder:
     """The compute stream: drives the policies through every step of the trace and fills RunStats."""
+
+    quiet_passes = True  # False: every pass as events (tests compare the two)
 
     def __init__(self, env: simpy.Environment, machine: Machine, policies: Policies, costs: CostModel,
                  trace: LookaheadTrace, system: SystemSpec, rng: np.random.Generator, stats: RunStats,
@@ -226,6 +239,25 @@ class Decoder:
             self._issue(p.prefetcher.begin_step(step, tokens, 0))
         busy0, layer_s = 0.0, self.costs.layer_s(tokens, context)
         plans = self._layer_plans(counts)
+        if self._quiet(plans):
+            end, busy0 = self._quiet_pass(plans, layer_s, self.costs.head_s(tokens, context))
+            yield env.timeout(_delay_to(env.now, end))
+        else:
+            busy0 = yield from self._event_pass(ids, plans, layer_s)
+            t0 = env.now
+            yield m.compute(self.costs.head_s(tokens, context))
+            busy0 += env.now - t0
+        m.progress = (step, self.L)
+        if kind == VERIFY:
+            self.stats.verify_s += busy0
+            self.stats.stall_s += env.now - t_start - busy0
+        if self.rec.enabled:
+            self.rec.span(kind, "compute", t_start, env.now, tokens=tokens)
+
+    def _event_pass(self, ids: np.ndarray, plans: list[LayerPlan], layer_s: float):
+        """The layers of a pass as SimPy events: copies and prefetch decisions interleave with them.
+        Returns the compute seconds."""
+        env, p, m, step, busy0 = self.env, self.p, self.m, self.step, 0.0
         for layer in range(self.L):
             m.progress = (step, layer)
             p.cache.progress(step, layer)
@@ -246,15 +278,50 @@ class Decoder:
             if self._layer_done_hook:
                 self._issue(p.prefetcher.on_layer_done(layer))
             m.unpark()
-        t0 = env.now
-        yield m.compute(self.costs.head_s(tokens, context))
-        busy0 += env.now - t0
-        m.progress = (step, self.L)
-        if kind == VERIFY:
-            self.stats.verify_s += busy0
-            self.stats.stall_s += env.now - t_start - busy0
-        if self.rec.enabled:
-            self.rec.span(kind, "compute", t_start, env.now, tokens=tokens)
+        return busy0
+
+    def _quiet(self, plans: list[LayerPlan]) -> bool:
+        """Can the pass run as plain arithmetic (`_quiet_pass`)? Yes when nothing but the compute stream can
+        act: both engines idle, no per-layer prefetch decisions, no timeline, per-expert copies, and every
+        layer's experts fit its pool (so a layer's misses all get a slot at once)."""
+        if (self.rec.enabled or self._router_hook or self._layer_done_hook or self.gate_accuracy is not None
+                or self.whole_layers or not self.quiet_passes or not self.m.idle()):
+            return False
+        fits = self.p.cache.pool_fits
+        return all(fits(layer, plan.flat.size) for layer, plan in enumerate(plans))
+
+    def _quiet_pass(self, plans: list[LayerPlan], layer_s: float, head_s: float) -> tuple[float, float]:
+        """`_event_pass` and the LM head from now on an idle machine, in plain arithmetic with the same
+        floating-point operations as the events would do: a layer's misses start back to back at once
+        (nothing else is queued), its experts fold over their landings, the copies land before the next layer.
+        Returns (end time, compute seconds)."""
+        p, m, cache, step = self.p, self.m, self.p.cache, self.step
+        t, busy = self.env.now, 0.0
+        for layer, plan in enumerate(plans):
+            m.progress = (step, layer)
+            cache.progress(step, layer)
+            p.elb.verify_at(layer)
+            t1 = t + m.compute_s(layer_s, t)
+            busy += t1 - t
+            t = t1
+            flat = plan.flat
+            cache.access(layer, plan.experts)
+            cache.hold(flat)
+            misses = plan.fetch[cache.absent(plan.fetch)]
+            if misses.size:
+                cache.reserve_many(misses)  # all granted: the layer fits its pool (`_quiet`)
+                m.copy_back_to_back(layer, misses, t)
+                total, end = self._fold_times(flat, plan.cost_s, t)[3:]
+                cache.landed(misses)
+                if end > t:
+                    t = t + (end - t)  # as a timeout of end - now would advance the clock
+            else:
+                total = float(plan.cost_s.sum()) * m.compute_s(1.0, t)
+                t = t + total
+            busy += total
+            cache.release(flat)
+        t1 = t + m.compute_s(head_s, t)
+        return t1, busy + (t1 - t)
 
     def _experts(self, layer: int, plan: LayerPlan):
         """Compute a layer's experts: resident first, the rest as they land.
@@ -307,17 +374,7 @@ class Decoder:
         IEEE operations as NumPy's elementwise ones, and sorted() is stable like argsort(kind="stable"));
         the total stays NumPy's sum, whose summation order (pairwise from 8 terms on) results depend on."""
         env, cache, m = self.env, self.p.cache, self.m
-        land = [a if s != RESIDENT and a > t else t  # resident experts are there from the start
-                for s, a in zip(cache.state[flat].tolist(), m.land_at[flat].tolist(), strict=True)]
-        order = sorted(range(len(land)), key=land.__getitem__)
-        scale, seconds = m.compute_s(1.0), cost.tolist()
-        land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability
-        total = float(np.add.reduce(c))  # NumPy's sum of the list, in one call
-        end, suffix = t + total, 0.0
-        for avail, ci in zip(reversed(land), reversed(c), strict=True):
-            suffix += ci
-            if avail + suffix > end:
-                end = avail + suffix
+        order, land, c, total, end = self._fold_times(flat, cost, t)
         if end > env.now:
             yield env.timeout(end - env.now)
         if self.rec.enabled:
@@ -325,6 +382,22 @@ class Decoder:
         cache.release(flat)
         m.notify_release()
         return (total, end) if with_end else total
+
+    def _fold_times(self, flat: np.ndarray, cost: np.ndarray, t: float):
+        """_fold's arithmetic at time t: (order, landing times and kernel seconds in that order, total, end)."""
+        m = self.m
+        land = [a if s != RESIDENT and a > t else t  # resident experts are there from the start
+                for s, a in zip(self.p.cache.state[flat].tolist(), m.land_at[flat].tolist(), strict=True)]
+        order = sorted(range(len(land)), key=land.__getitem__)
+        scale, seconds = m.compute_s(1.0, t), cost.tolist()
+        land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability
+        total = float(np.add.reduce(c))  # NumPy's sum of the list, in one call
+        end, suffix = t + total, 0.0
+        for avail, ci in zip(reversed(land), reversed(c), strict=True):
+            suffix += ci
+            if avail + suffix > end:
+                end = avail + suffix
+        return order, land, c, total, end
 
     def _record_fold(self, layer: int, experts: list[int], land: list[float], cost: list[float], t: float) -> None:
         for e, a, c in zip(experts, land, cost, strict=True):

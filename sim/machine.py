@@ -147,6 +147,14 @@ class Machine:
         if self._slot_wait is not None and not self._slot_wait.triggered:
             self._slot_wait.succeed()
 
+    def idle(self) -> bool:
+        """Both engines wait for work with nothing queued or parked: until the compute stream asks for a
+        copy, no process but it can act (the condition of the decoder's quiet passes)."""
+        if self._heap or self._parked or self._wake is None or self._wake.triggered:
+            return False
+        return self.hw.copy_engines < 2 or (not self._d2h_queue and self._d2h_wake is not None
+                                            and not self._d2h_wake.triggered)
+
     def backlog_s(self) -> float:
         """Time to drain the H2D queue as it stands (expert copies only)."""
         queued = sum(len(e[5].items) - e[5].pos if e[0] == PREFETCH else 1 for e in self._heap)
@@ -229,13 +237,8 @@ class Machine:
             for victim in victims:
                 self.rec.instant(EVICT, t, victim // self.E, victim % self.E)
         started = flats[:granted]
-        if granted and (self.rec.enabled or t < self.d2h_window[1]):
-            for flat in started.tolist():
-                t = self._start(flat, -1, t, "demand")
-        elif granted:  # back to back at full rate: one vectorized account
-            self.land_at[started] = t + self._copy_ends_s[:granted]
-            t += granted * self.copy_s
-            self._account(self.env.now, t, self.expert_bytes * granted, batch.layer, -1, "demand", granted)
+        if granted:
+            t = self.copy_back_to_back(batch.layer, started, t)
         waiting = flats[granted:]
         batch.announce(self.env, waiting)
         if waiting.size:  # no evictable slot: retry after the compute stream releases one
@@ -246,6 +249,24 @@ class Machine:
             cache.landed(started)
         if waiting.size and self._slot_wait is not None and not self._slot_wait.triggered:
             yield self._slot_wait
+
+    def copy_back_to_back(self, layer: int, flats: np.ndarray, t: float) -> float:
+        """Account demand copies of a layer's experts flats [m] (slots claimed) started back to back at t;
+        returns when the last lands. Copies that may overlap a D2H transfer are timed one by one."""
+        if t < self.d2h_window[1]:
+            for flat in flats.tolist():
+                t = self._start(flat, -1, t, "demand")
+            return t
+        # at full rate: one vectorized account, the same arithmetic whether or not a timeline is recorded
+        lands = t + self._copy_ends_s[:flats.size]
+        self.land_at[flats] = lands
+        end = t + flats.size * self.copy_s
+        self._account(t, end, self.expert_bytes * flats.size, layer, -1, "demand", flats.size, record=False)
+        if self.rec.enabled:
+            for flat, start, land in zip(flats.tolist(), [t, *lands[:-1].tolist()], lands.tolist(), strict=True):
+                self.rec.span(H2D_COPY, "h2d", start, land, layer, flat % self.E, bytes=self.expert_bytes,
+                              kind="demand")
+        return end
 
     def _layer_copy(self, batch: DemandBatch):
         """hf-offload: the whole layer in one copy, into slots freed for it."""
@@ -286,12 +307,12 @@ class Machine:
         return base_s + overlap * (fast / slow - 1.0)
 
     def _account(self, t0: float, end: float, n_bytes: int, layer: int, expert: int, kind: str,
-                 copies: int = 1) -> None:
+                 copies: int = 1, record: bool = True) -> None:
         self.busy_until = end
         self.h2d_busy_s += end - t0
         self.h2d_bytes += n_bytes
         self.copies += copies
-        if self.rec.enabled:
+        if record and self.rec.enabled:
             self.rec.span(H2D_COPY, "h2d", t0, end, layer, expert, bytes=n_bytes, kind=kind)
 
     # ---- the D2H engine -----------------------------------------------------------------------------------
@@ -325,9 +346,10 @@ class Machine:
             yield from self._d2h_copy(n_bytes, done)
 
     # ---- compute ------------------------------------------------------------------------------------------
-    def compute_s(self, seconds: float) -> float:
-        """A kernel's time, stretched when it starts while an H2D copy runs and copies are not fully hidden."""
-        if self.hw.copy_compute_overlap < 1.0 and self.busy_until > self.env.now:
+    def compute_s(self, seconds: float, now: float | None = None) -> float:
+        """A kernel's time when it starts now (or at `now`): stretched while an H2D copy runs and copies are
+        not fully hidden."""
+        if self.hw.copy_compute_overlap < 1.0 and self.busy_until > (self.env.now if now is None else now):
             return seconds * (2.0 - self.hw.copy_compute_overlap)
         return seconds
 

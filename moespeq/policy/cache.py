@@ -129,6 +129,10 @@ class ExpertCache:
         """[n] bool: which experts of flat [n] are absent (neither loading nor resident)."""
         return self.state[flat] == _ABSENT
 
+    def pool_fits(self, layer: int, n: int) -> bool:
+        """Do n experts of `layer` fit its pool at once (so that holding them leaves room for their copies)?"""
+        return n <= self.capacity[layer if self.per_layer else 0]
+
     def _evictable(self, lo: int, hi: int) -> np.ndarray:
         """[hi - lo] bool: resident and not held, of experts lo..hi (one pool)."""
         return (self.state[lo:hi] == _RESIDENT) & ~self.held[lo:hi]

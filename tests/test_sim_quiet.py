@@ -1,0 +1,50 @@
+"""Quiet passes (a pass on an idle machine run as plain arithmetic) give exactly the results of the same pass
+run as SimPy events, and a recorded timeline changes no metric."""
+
+import json
+
+import pytest
+
+from moespeq.hardware import get_hardware
+from moespeq.sim.cycle import Decoder
+from moespeq.sim.run import SimConfig, simulate
+from moespeq.spec import get_model
+from moespeq.traces.synth import SynthConfig, synthesize
+
+GIB = 2**30
+SETUPS = [  # model, budget GiB, hardware, locality
+    ("phi-3.5-moe", 30, "a100-40g-pcie4", 0.25),
+    ("deepseek-v2-lite", 14, "h200-pcie5", 0.6),
+    ("mixtral-8x7b", 40, "a100-40g-pcie4", 0.1),
+]
+SYSTEMS = ("speq", "speq-static", "lru-sm", "lru-sc", "ondemand", "oracle")
+
+
+def _result(trace, system, budget, hardware, record=False):
+    r = simulate(trace, SimConfig(system=system, budget_bytes=budget * GIB, hardware=get_hardware(hardware),
+                                  record=record))
+    return json.dumps([r.metrics, r.counters, r.stats.cycle_k, r.h2d_bytes], sort_keys=True)
+
+
+@pytest.mark.parametrize("model,budget,hardware,locality", SETUPS)
+def test_quiet_passes_equal_event_passes(monkeypatch, model, budget, hardware, locality):
+    trace = synthesize(SynthConfig(model=get_model(model), seqs=2, tokens=40, prompt_len=12, locality=locality,
+                                   seed=budget))
+    quiet_calls = []
+    quiet_pass = Decoder._quiet_pass
+    monkeypatch.setattr(Decoder, "_quiet_pass", lambda self, *a: quiet_calls.append(1) or quiet_pass(self, *a))
+    for system in SYSTEMS:
+        quiet_calls.clear()
+        fast = _result(trace, system, budget, hardware)
+        if system in ("lru-sm", "ondemand", "speq"):
+            assert quiet_calls, f"{system}: no pass ran quiet, so this test compares nothing"
+        monkeypatch.setattr(Decoder, "quiet_passes", False)
+        events = _result(trace, system, budget, hardware)
+        monkeypatch.setattr(Decoder, "quiet_passes", True)
+        assert fast == events, system
+
+
+@pytest.mark.parametrize("system", ["lru-sm", "speq", "oracle", "hf-offload"])
+def test_recording_a_timeline_changes_no_metric(system):
+    trace = synthesize(SynthConfig(model=get_model("phi-3.5-moe"), seqs=1, tokens=40, prompt_len=12, seed=5))
+    assert _result(trace, system, 30, "a100-40g-pcie4") == _result(trace, system, 30, "a100-40g-pcie4", record=True)
