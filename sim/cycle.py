@@ -106,6 +106,12 @@ class LayerPlan(NamedTuple):
     fetch: np.ndarray  # [n] flat, most tokens first (ties: lower id): the order its misses are fetched in
 
 
+def numpy_sum(values: list[float]) -> float:
+    """float(np.add.reduce(values)) without the array for short lists: NumPy adds fewer than 8 terms in
+    order and pairs them from 8 on."""
+    return sum(values) if len(values) < 8 else float(np.add.reduce(values))
+
+
 def _delay_to(now: float, t: float) -> float:
     """The delay d >= 0 with now + d == t in floating point (t - now alone can miss t by an ulp)."""
     d = t - now
@@ -372,7 +378,7 @@ class Decoder:
 
         A layer has a handful of experts, so the order and the suffix sums are plain Python floats (the same
         IEEE operations as NumPy's elementwise ones, and sorted() is stable like argsort(kind="stable"));
-        the total stays NumPy's sum, whose summation order (pairwise from 8 terms on) results depend on."""
+        the total is NumPy's sum, sequential below 8 terms and pairwise from 8 on (tests check the two agree)."""
         env, cache, m = self.env, self.p.cache, self.m
         order, land, c, total, end = self._fold_times(flat, cost, t)
         if end > env.now:
@@ -391,7 +397,7 @@ class Decoder:
         order = sorted(range(len(land)), key=land.__getitem__)
         scale, seconds = m.compute_s(1.0, t), cost.tolist()
         land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability
-        total = float(np.add.reduce(c))  # NumPy's sum of the list, in one call
+        total = numpy_sum(c)
         end, suffix = t + total, 0.0
         for avail, ci in zip(reversed(land), reversed(c), strict=True):
             suffix += ci

@@ -204,7 +204,7 @@ def test_lookahead_packed_order_matches_the_plain_keys(tie_break, decay):
         for layer in range(layers):
             cache.progress(step, layer)
             elb.verify_at(layer)
-            needed = rng.choice(experts, int(rng.integers(1, 4)), replace=False)
+            needed = rng.choice(experts, int(rng.integers(1, experts + 1)), replace=False)  # scalar and array uses
             cache.access(layer, needed)
             flat = layer * experts + needed
             cache.hold(flat)
@@ -214,3 +214,16 @@ def test_lookahead_packed_order_matches_the_plain_keys(tie_break, decay):
                 granted, _ = cache.reserve_many(absent)
                 cache.landed(absent[:granted])
             cache.release(flat)
+
+
+def test_decay_powers_are_one_table_whatever_the_step():
+    # every path (scalar or array, any array length) reads decay ** s from one table; growing it keeps it
+    rule = make_eviction("lfru", 2, 3, decay=0.93)
+    before = rule.powers.copy()
+    rule.progress(10_000, 0)
+    assert rule.powers.size >= 10_002
+    np.testing.assert_array_equal(rule.powers[: before.size], before)
+    rule.freq[:] = 1.5
+    rule._use(np.array([0, 1, 2, 3]))
+    rule._use(4)
+    assert rule.freq[4] == rule.freq[0] == 1.5 * rule.powers[10_000] + 1.0

@@ -3,10 +3,11 @@ run as SimPy events, and a recorded timeline changes no metric."""
 
 import json
 
+import numpy as np
 import pytest
 
 from moespeq.hardware import get_hardware
-from moespeq.sim.cycle import Decoder
+from moespeq.sim.cycle import Decoder, numpy_sum
 from moespeq.sim.run import SimConfig, simulate
 from moespeq.spec import get_model
 from moespeq.traces.synth import SynthConfig, synthesize
@@ -48,3 +49,11 @@ def test_quiet_passes_equal_event_passes(monkeypatch, model, budget, hardware, l
 def test_recording_a_timeline_changes_no_metric(system):
     trace = synthesize(SynthConfig(model=get_model("phi-3.5-moe"), seqs=1, tokens=40, prompt_len=12, seed=5))
     assert _result(trace, system, 30, "a100-40g-pcie4") == _result(trace, system, 30, "a100-40g-pcie4", record=True)
+
+
+def test_numpy_sum_is_numpys_sum():
+    rng = np.random.default_rng(0)
+    for n in range(1, 21):
+        for _ in range(200):
+            values = (rng.random(n) * 10.0 ** rng.uniform(-7, -2, n)).tolist()
+            assert numpy_sum(values) == float(np.add.reduce(values))

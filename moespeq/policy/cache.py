@@ -81,7 +81,9 @@ class ExpertCache:
         self.L, self.E, self.eviction = layers, experts, eviction
         n = layers * experts
         self.state = np.zeros(n, dtype=np.int8)
-        self.held = np.zeros(n, dtype=bool)
+        # an expert is evictable when its state exceeds this bar: RESIDENT (2) > 1, unless held (bar 2); one
+        # comparison finds a pool's evictable experts (it runs at every eviction)
+        self._bar = np.ones(n, dtype=np.int8)
         self.prefetched = np.zeros(n, dtype=bool)  # loaded by a prefetcher and not used yet
         self.slot_of = np.full(n, -1, dtype=np.int32)
         self.per_layer = len(capacity) == layers and layers > 1
@@ -135,13 +137,18 @@ class ExpertCache:
 
     def _evictable(self, lo: int, hi: int) -> np.ndarray:
         """[hi - lo] bool: resident and not held, of experts lo..hi (one pool)."""
-        return (self.state[lo:hi] == _RESIDENT) & ~self.held[lo:hi]
+        return self.state[lo:hi] > self._bar[lo:hi]
+
+    @property
+    def held(self) -> np.ndarray:
+        """[L*E] bool: held by the running layer."""
+        return self._bar == 2
 
     def hold(self, flat: np.ndarray) -> None:
-        self.held[flat] = True
+        self._bar[flat] = 2
 
     def release(self, flat: np.ndarray) -> None:
-        self.held[flat] = False
+        self._bar[flat] = 1
 
     # ---- asked by the copy engine ---------------------------------------------------------------------
     def reserve(self, flat: int, demand: bool) -> tuple[int, int]:
@@ -174,7 +181,11 @@ class ExpertCache:
 
         Returns how many (a prefix of flat) got a slot, and the victims. Same result as m calls of
         reserve(f, demand=True): a claimed slot is LOADING, so it is never another claim's victim, and
-        an eviction changes no other expert's rank."""
+        an eviction changes no other expert's rank. (A single miss, the common case, goes through
+        reserve: scalar work, no arrays.)"""
+        if flat.size == 1:
+            status, victim = self.reserve(int(flat[0]), demand=True)
+            return (0, []) if status != OK else (1, [victim] if victim >= 0 else [])
         pool = self._pool(int(flat[0]))
         if self.per_layer and np.count_nonzero(flat // self.E != pool):
             raise ValueError("reserve_many takes experts of one pool")
