@@ -13,6 +13,11 @@ k = 0 is plain decoding of one token with routing R[n] (every baseline). The pre
 the prompt's routing; its duration is the TTFT. A step is a prefill or a cycle; steps are numbered
 across the whole run (the oracle's schedule uses the same numbering).
 
+A pass that starts with both copy engines idle, and in which only its own demand copies can happen (no
+per-layer prefetch decisions, no timeline), is a quiet pass: it runs as plain arithmetic in one timeout
+instead of a few SimPy events per layer, with the same floating-point operations (tests compare the two).
+Plain decoding (k = 0) is almost always quiet; a verification after drafting seldom is.
+
 Dimension letters: L MoE layers, E experts, K top-k, T tokens in a pass, J draft positions.
 
 Usage:

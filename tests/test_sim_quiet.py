@@ -1,6 +1,7 @@
 """Quiet passes (a pass on an idle machine run as plain arithmetic) give exactly the results of the same pass
 run as SimPy events, and a recorded timeline changes no metric."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,14 +16,24 @@ from moespeq.traces.synth import SynthConfig, synthesize
 GIB = 2**30
 SETUPS = [  # model, budget GiB, hardware, locality
     ("phi-3.5-moe", 30, "a100-40g-pcie4", 0.25),
+    ("phi-3.5-moe", 36, "one-engine", 0.4),  # D2H copies share the H2D engine's queue
+    ("qwen1.5-moe-a2.7b", 12, "half-overlap", 0.3),  # kernels stretched while a copy runs
     ("deepseek-v2-lite", 14, "h200-pcie5", 0.6),
     ("mixtral-8x7b", 40, "a100-40g-pcie4", 0.1),
 ]
 SYSTEMS = ("speq", "speq-static", "lru-sm", "lru-sc", "ondemand", "oracle")
 
 
+def _hardware(name):
+    if name == "one-engine":
+        return dataclasses.replace(get_hardware("a100-40g-pcie4"), name=name, copy_engines=1)
+    if name == "half-overlap":
+        return dataclasses.replace(get_hardware("a100-40g-pcie4"), name=name, copy_compute_overlap=0.5)
+    return get_hardware(name)
+
+
 def _result(trace, system, budget, hardware, record=False):
-    r = simulate(trace, SimConfig(system=system, budget_bytes=budget * GIB, hardware=get_hardware(hardware),
+    r = simulate(trace, SimConfig(system=system, budget_bytes=budget * GIB, hardware=_hardware(hardware),
                                   record=record))
     return json.dumps([r.metrics, r.counters, r.stats.cycle_k, r.h2d_bytes], sort_keys=True)
 
