@@ -121,8 +121,8 @@ def committed_config(geo: ExpertGeometry, tokens: int) -> LaunchConfig:
     return LaunchConfig(**table[min(table, key=lambda t: (abs(int(t) - tokens), int(t)))])
 
 
-def call_of(lb, fn, tokens: int, cfg: LaunchConfig, out):
-    """launch_moe_int4's launch with another compiled kernel."""
+def call_of(lb, fn, tokens: int, cfg: LaunchConfig, out, shared_mem: int = 0):
+    """launch_moe_int4's launch with another compiled kernel (and `shared_mem` bytes of dynamic shared memory)."""
     import numpy as np
 
     from moespeq.runtime import moe_kernels as mk
@@ -136,7 +136,7 @@ def call_of(lb, fn, tokens: int, cfg: LaunchConfig, out):
                                      e.down.codes, e.down.scales, out, ws.hbuf, ws.partial, ws.counters,
                                      np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
                                      np.int32(geo.moe_ffn), np.int32(cfg.down_splits), np.int32(cfg.k_splits),
-                                     np.int32(geo.max_used_experts)))
+                                     np.int32(geo.max_used_experts)), shared_mem=shared_mem)
     return call
 
 
