@@ -53,11 +53,9 @@ struct Bf16Weights {
 
     struct GateUpStage { Rows g, u; };
 
-    template <int NT> static constexpr bool BIASED = false;  // bf16 weights need no offset (moe_common.cuh)
-
     template <int NT>
     __device__ void gate_up(float* acc, int slot, int r, const bf16_t* const* xrow, int cnt, const MoeArgs& p,
-                            int ks, int KS, int lane, const float* const*) const {
+                            int ks, int KS, int lane) const {
         const int row_words = p.D / 8, c = lane & 3, g = lane >> 2;
         const size_t matrix_words = (size_t)p.F * p.D / 8;
         const uint4* gate = arena + (size_t)slot * 3 * matrix_words + (size_t)(16 * r + g) * row_words;

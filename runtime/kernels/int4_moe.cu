@@ -22,9 +22,6 @@
 #ifndef MOE_INT4_DEPTH2
 #define MOE_INT4_DEPTH2 2  // register stages of down groups (T <= 8)
 #endif
-#ifndef MOE_INT4_BIAS
-#define MOE_INT4_BIAS 0    // experiment: gate/up at T <= 8 dequantized to 136 + q, -136 sum x added per group
-#endif
 
 struct Int4Weights {
     const uint4* gate_q;
@@ -45,29 +42,20 @@ struct Int4Weights {
         else if (lane < 16) prefetch_l2(down_s + (tile * G + lo / 2) * 8, (hi - lo) / 2 * 32);
     }
 
-    // Phase 1 (gate and up) at T <= 8 multiplies 136 + q and takes 136 * (sum of the group's x) out afterwards
-    template <int NT> static constexpr bool BIASED = NT == 1 && MOE_INT4_BIAS;
-
-    // fragment registers of one k-tile from its packed word: q, or 136 + q (BIAS: no bf16x2 subtraction)
-    template <bool BIAS>
+    // fragment registers of one k-tile from its packed word
     static __device__ __forceinline__ void dequant(unsigned w, unsigned (&a)[4]) {
         const unsigned MAGIC = 0x43004300u, ONE = 0x3f803f80u, MINUS_136 = 0xc308c308u;
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-            const unsigned biased = and_or(w >> (4 * s), 0x000f000fu, MAGIC);
-            a[s] = BIAS ? biased : bf16x2_fma(biased, ONE, MINUS_136);
-        }
+        for (int s = 0; s < 4; ++s) a[s] = bf16x2_fma(and_or(w >> (4 * s), 0x000f000fu, MAGIC), ONE, MINUS_136);
     }
 
     // acc[m][NT][4] += scale-per-row * (q_m @ b) for the M matrices (gate and up, or down) of one 128-wide
     // group, two chunks. The B rows of a chunk are loaded once for all M (L1 hits: prefetch_rows); loading
     // them per chunk rather than all up front keeps the kernel at <= 128 registers, and occupancy mattered
     // more than the hoist in measurements (runtime/results/README.md).
-    // BIAS: the weights are 136 + q, and nsum[i][grp] = -136 * (sum of the group's B column 2c + i) puts it right.
-    template <int NT, int M, bool BIAS>
+    template <int NT, int M>
     static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[M][2], const unsigned (&scales)[M],
-                                                     const bf16_t* const* rows, int grp, int c, bool two,
-                                                     const float* const* nsum) {
+                                                     const bf16_t* const* rows, int grp, int c, bool two) {
         float t[M][NT][4];
 #pragma unroll
         for (int m = 0; m < M; ++m)
@@ -86,17 +74,12 @@ struct Int4Weights {
             for (int m = 0; m < M; ++m) {
                 unsigned a[4][4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) dequant<BIAS>(word(w[m][kk], j), a[j]);
+                for (int j = 0; j < 4; ++j) dequant(word(w[m][kk], j), a[j]);
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
                     if (nt == 0 || two) mma_chunk(t[m][nt], a, b[nt]);
                 }
             }
-        }
-        float n0 = 0.0f, n1 = 0.0f;
-        if constexpr (BIAS) {
-            n0 = nsum[0][grp];
-            n1 = nsum[1][grp];
         }
 #pragma unroll
         for (int m = 0; m < M; ++m) {
@@ -104,17 +87,10 @@ struct Int4Weights {
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 float* o = acc + (m * NT + nt) * 4;
-                if constexpr (BIAS) {
-                    o[0] += s_lo * (t[m][nt][0] + n0);
-                    o[1] += s_lo * (t[m][nt][1] + n1);
-                    o[2] += s_hi * (t[m][nt][2] + n0);
-                    o[3] += s_hi * (t[m][nt][3] + n1);
-                } else {
-                    o[0] += s_lo * t[m][nt][0];
-                    o[1] += s_lo * t[m][nt][1];
-                    o[2] += s_hi * t[m][nt][2];
-                    o[3] += s_hi * t[m][nt][3];
-                }
+                o[0] += s_lo * t[m][nt][0];
+                o[1] += s_lo * t[m][nt][1];
+                o[2] += s_hi * t[m][nt][2];
+                o[3] += s_hi * t[m][nt][3];
             }
         }
     }
@@ -128,7 +104,7 @@ struct Int4Weights {
     // ks-th of KS slices of the D reduction of row tile r: groups ks, ks + KS, ...
     template <int NT>
     __device__ void gate_up(float* acc, int e, int r, const bf16_t* const* xrow, int cnt, const MoeArgs& p,
-                            int ks, int KS, int lane, const float* const* nsum) const {
+                            int ks, int KS, int lane) const {
         const int KC = p.D / 64, G = p.D / 128, c = lane & 3;
         const size_t tile = (size_t)e * (p.F / 16) + r;
         const uint4* gq = gate_q + tile * KC * 32 + lane;
@@ -147,7 +123,7 @@ struct Int4Weights {
                 s.s[1] = ld_stream32(us + grp * 8);
                 return s;
             },
-            [&](const Stage<2>& s, int grp) { group_mma<NT, 2, BIASED<NT>>(acc, s.w, s.s, xrow, grp, c, two, nsum); });
+            [&](const Stage<2>& s, int grp) { group_mma<NT, 2>(acc, s.w, s.s, xrow, grp, c, two); });
     }
 
     // split j of J over the chunks of F, in whole 128-wide groups (a group shares its scales)
@@ -173,7 +149,7 @@ struct Int4Weights {
                 s.s[0] = ld_stream32(ds + grp * 8);
                 return s;
             },
-            [&](const Stage<1>& s, int grp) { group_mma<NT, 1, false>(acc, s.w, s.s, hrow, grp, c, two, nullptr); });
+            [&](const Stage<1>& s, int grp) { group_mma<NT, 1>(acc, s.w, s.s, hrow, grp, c, two); });
     }
 };
 

@@ -44,16 +44,6 @@ typedef unsigned short bf16_t;
 #ifndef MOE_L2_PREFETCH
 #define MOE_L2_PREFETCH 0     // 1: phase-2 items prefetch their down weights into L2 (Weights::prefetch_down)
 #endif
-#ifndef MOE_ROUTE_WARP
-#define MOE_ROUTE_WARP 0      // experiment: T * K <= 32 routed by one warp (one barrier, no table over E)
-#endif
-#ifndef MOE_TICKET_LATE
-#define MOE_TICKET_LATE 0     // experiment: the first ticket stored to shared memory after the routing, not before
-#endif
-#ifndef MOE_BIAS_DYNAMIC
-#define MOE_BIAS_DYNAMIC 0    // experiment: BIASED group sums in dynamic shared memory (0: in Routing::first)
-#endif
-#define MOE_INT4_OFFSET 136.0f  // Weights::BIASED: phase-1 weights enter the mma as MOE_INT4_OFFSET + q
 
 // counters[]: ticket, (unused), blocks exited, error flags, then one ticket per 16-row tile of D, then the
 // phase-1 row tiles done per expert in use
@@ -217,68 +207,10 @@ __device__ __forceinline__ void pipelined(int first, int end, int step, Load loa
 
 // ---- prologue: routing in shared memory -------------------------------------------------------------------
 
-// T * K <= 32: warp 0 alone, one slot per lane. Slots naming one expert find each other with one match (no
-// first-slot table over E, no shared atomics), and the first of them lists the expert's tokens: slots ascend, so
-// tokens do, and a token's weights are added in k order as in the general path. One barrier instead of four.
 template <class Weights>
-__device__ void build_routing_warp(Routing& R, const MoeArgs& p, const Weights& wts) {
-    const int lane = threadIdx.x & 31, S = p.T * p.K;
-    if (threadIdx.x < 32) {
-        int e = -1;
-        float g = 0.0f;
-        if (lane < S) {
-            e = p.ids[lane];
-            g = p.gw[lane];
-        }
-        const bool valid = lane < S && e >= 0 && e < p.E;
-        if (lane < S && !valid) atomicOr(&p.counters[CTR_ERROR], ERR_BAD_EXPERT);
-        R.gw[lane] = g;
-        const unsigned peers = __match_any_sync(0xffffffffu, valid ? e : -1 - lane);  // a lane without one: alone
-        const bool first = valid && __ffs(peers) - 1 == lane;
-        const unsigned firsts = __ballot_sync(0xffffffffu, first);
-        __syncwarp();
-        if (first) {
-            const int u = __popc(firsts & ((1u << lane) - 1u));
-            int n = -1, last = -1;
-            for (unsigned m = peers; m; m &= m - 1) {
-                const int s = __ffs(m) - 1, t = s / p.K;
-                if (t != last) {
-                    R.token[u][++n] = (unsigned char)t;
-                    R.weight[u][n] = 0.0f;
-                    last = t;
-                }
-                R.weight[u][n] += R.gw[s];
-            }
-            R.expert[u] = e;
-            R.count[u] = n + 1;
-            const int ref = wts.resolve(e);
-            if (ref < 0) atomicOr(&p.counters[CTR_ERROR], ERR_NOT_RESIDENT);
-            R.ref[u] = ref;
-        }
-        if (lane == 0) R.n_used = __popc(firsts);
-    }
-}
-
-template <class Weights>
-__device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts, int* ticket_slot) {
+__device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int nwarps = nthreads >> 5, S = p.T * p.K;
-#if MOE_TICKET_LATE
-    // The block's first ticket: stored before the last barrier, so that its round trip overlaps the routing's
-    // (a store right after the atomic makes warp 0 wait for it before it starts the routing)
-    int ticket = 0;
-    if (tid == 0) ticket = atomicAdd(&p.counters[CTR_TICKET], 1);
-#endif
-#if MOE_ROUTE_WARP
-    if (S <= 32) {
-        build_routing_warp(R, p, wts);
-#if MOE_TICKET_LATE
-        if (tid == 0) *ticket_slot = ticket;
-#endif
-        __syncthreads();
-        return;
-    }
-#endif
     for (int e = tid; e < p.E; e += nthreads) R.first[e] = S;
     __syncthreads();
     for (int s = tid; s < S; s += nthreads) {
@@ -324,43 +256,7 @@ __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts, 
             R.ref[u] = ref;
         }
     }
-#if MOE_TICKET_LATE
-    if (tid == 0) *ticket_slot = ticket;
-#endif
     __syncthreads();
-}
-
-// nsum[t * D/128 + grp] = -MOE_INT4_OFFSET * (sum of x[t] over 128-wide group grp), for Weights::BIASED: the
-// same fixed-order fp32 sum in every block and launch. A pass loads MOE_XSUM_BATCH vectors per thread, all in
-// flight at once (one L2 round trip per pass; the first pass is issued before the routing and overlaps it);
-// 16 lanes hold a group's 16 vectors (D is a multiple of 128, so a half-warp is wholly in or out of range and
-// the shuffles stay inside it).
-#define MOE_XSUM_BATCH 8
-struct XSumPass { uint4 v[MOE_XSUM_BATCH]; };
-
-__device__ __forceinline__ XSumPass x_sum_loads(const MoeArgs& p, int pass) {
-    const int n = p.T * p.D / 8;  // 16-byte vectors of x
-    XSumPass q;
-#pragma unroll
-    for (int b = 0; b < MOE_XSUM_BATCH; ++b) {
-        const int i = (pass * MOE_XSUM_BATCH + b) * blockDim.x + threadIdx.x;
-        q.v[b] = i < n ? ld_const(reinterpret_cast<const uint4*>(p.x) + i) : make_uint4(0u, 0u, 0u, 0u);
-    }
-    return q;
-}
-
-__device__ __forceinline__ void x_sum_store(const MoeArgs& p, int pass, const XSumPass& q, float* nsum) {
-    const int n = p.T * p.D / 8, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int b = 0; b < MOE_XSUM_BATCH; ++b) {
-        const uint4 v = q.v[b];
-        float s = ((bf16_lo(v.x) + bf16_hi(v.x)) + (bf16_lo(v.y) + bf16_hi(v.y))) +
-                  ((bf16_lo(v.z) + bf16_hi(v.z)) + (bf16_lo(v.w) + bf16_hi(v.w)));
-#pragma unroll
-        for (int off = 8; off; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        const int i = (pass * MOE_XSUM_BATCH + b) * blockDim.x + threadIdx.x;
-        if (i < n && (lane & 15) == 0) nsum[i >> 4] = -MOE_INT4_OFFSET * s;
-    }
 }
 
 // ---- the persistent item loop -------------------------------------------------------------------------------
@@ -391,8 +287,7 @@ __device__ __forceinline__ void ksplit_sum(Scratch& S, float* v, int n, int KS) 
 }
 
 template <int NT, class Weights>
-__device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0,
-                            const float* xsum) {
+__device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
     const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
     const int r = r0 * tiles + warp / p.KS;
@@ -404,15 +299,10 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
         const int n = min(8 * nt + g, cnt - 1);
         xrow[nt] = p.x + (size_t)R.token[u][n] * p.D;
     }
-    const float* nsum[2];  // BIASED: the group sums of this lane's accumulator columns 2c and 2c + 1
-    if constexpr (Weights::template BIASED<NT>) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) nsum[i] = xsum + R.token[u][min(2 * c + i, cnt - 1)] * (p.D / 128);
-    }
     float acc[2 * NT * 4];  // gate fragments [NT][4], then up fragments [NT][4]
 #pragma unroll
     for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
-    if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane, nsum);
+    if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane);
     ksplit_sum(S, acc, 2 * NT * 4, p.KS);
     if (ks == 0 && active) {
 #pragma unroll
@@ -538,29 +428,9 @@ template <int NT, class Weights>
 __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     __shared__ Routing R;
     __shared__ Scratch S;
-#if MOE_BIAS_DYNAMIC
-    extern __shared__ float xsum[];  // BIASED: [T, D/128] (x_sum_store), T * D / 128 floats from the launcher
-#else
-    // BIASED: [T, D/128] in the routing's first-slot table once the routing is built (T * D / 128 <= 512: every
-    // preset at T <= 8; the experiment does not check it)
-    float* xsum = reinterpret_cast<float*>(R.first);
-#endif
     const int tid = threadIdx.x, last_warp = (blockDim.x >> 5) - 1;
-#if MOE_TICKET_LATE
-#elif MOE_ROUTE_WARP
-    if (tid == 32 * last_warp) S.ticket[0] = atomicAdd(&p.counters[CTR_TICKET], 1);  // warp 0 routes alone
-#else
     if (tid == 0) S.ticket[0] = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
-#endif
-    XSumPass xq;
-    if constexpr (Weights::template BIASED<NT>) xq = x_sum_loads(p, 0);  // in flight during the routing
-    build_routing(R, p, wts, &S.ticket[0]);  // ends with a barrier, which also publishes S.ticket
-    if constexpr (Weights::template BIASED<NT>) {  // the sums overwrite R.first: the routing is done with it
-        const int passes = (p.T * p.D / 8 + MOE_XSUM_BATCH * blockDim.x - 1) / (MOE_XSUM_BATCH * blockDim.x);
-        x_sum_store(p, 0, xq, xsum);
-        for (int pass = 1; pass < passes; ++pass) x_sum_store(p, pass, x_sum_loads(p, pass), xsum);
-        __syncthreads();
-    }
+    build_routing(R, p, wts);  // ends with a barrier, which also publishes S.ticket
     const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16, tiles = (blockDim.x >> 5) / p.KS;
     const int items1 = (FT + tiles - 1) / tiles, items2 = (DT + tiles - 1) / tiles;  // per expert (and split)
     const int n_p1 = n_used * items1, n_p2 = n_used * items2 * p.J;
@@ -573,7 +443,7 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
         if (tid == 0) next = atomicAdd(&p.counters[CTR_TICKET], 1);  // claimed early: its latency overlaps the item
         const Item it = decode(ticket, n_p1, items1, items2, p.J);
         if (it.phase == 1) {
-            phase1_item<NT>(R, S, p, wts, it.u, it.r0, xsum);
+            phase1_item<NT>(R, S, p, wts, it.u, it.r0);
         } else {
 #if MOE_L2_PREFETCH
             if ((tid >> 5) == last_warp) prefetch_down_item(R, p, wts, it, tiles);

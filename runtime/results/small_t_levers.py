@@ -1,21 +1,31 @@
-"""Run 14's small-T experiment (runtime/results/small_t_levers_run14_h200.json): the two levers the README listed as
+"""Run 14's small-T experiment (runtime/results/small_t_levers_run14b_h200.json): the two levers the README listed as
 untried for the tiled INT4 kernel at T <= 2, timed side by side with the committed kernel in one device call.
 
-  bias   -DMOE_INT4_BIAS=1: phase 1 (gate, up) of the T <= 8 entry dequantizes to 136 + q (no bf16x2 subtraction,
-         4 of 11 instructions per packed word) and adds -136 * (sum of the group's x) per group and token column
-         before the scale; the sums are made once per block after the routing (x warmed in L1 first).
-  route  -DMOE_ROUTE_WARP=1: T * K <= 32 routed by warp 0 alone (one match per slot, one barrier instead of
-         four, no first-slot table over E); the ticket is claimed by the last warp.
-  both   the two together.
+The variants are -D switches of the kernel of commit 891591b (the commit after it removed them again, since none
+was kept): run this script there (`git checkout 891591b`), where every switch at 0 gives the committed kernel.
+
+  bias      -DMOE_INT4_BIAS=1: phase 1 (gate, up) of the T <= 8 entry dequantizes to 136 + q (no bf16x2
+            subtraction, 4 of 11 instructions per packed word) and adds -136 * (sum of the group's x) per group and
+            token column before the scale; the sums are made once per block (8 loads per thread in flight, the
+            first 8 during the routing) into the routing's first-slot table.
+  bias_dyn  the same, the sums in dynamic shared memory (-DMOE_BIAS_DYNAMIC=1).
+  ticket    -DMOE_TICKET_LATE=1: the block's first ticket stored to shared memory just before the routing's last
+            barrier instead of right after its atomic (where warp 0 waits for the round trip before routing).
+  route     -DMOE_ROUTE_WARP=1 with ticket: T * K <= 32 routed by warp 0 alone (one match per slot, one barrier
+            instead of four, no first-slot table over E).
+  both      bias and route.
+Run 14a (small_t_levers_run14a_h200.json) timed an earlier state, not committed: bias with the sums in dynamic
+shared memory made by a loop of one 16-byte load per thread and pass (x prefetched to L1 first), route with the
+first ticket claimed by the last warp and no ticket variant.
 
 Correctness in the same call, on runtime/kernel_bench.py's rotated layers at every model and T: three routings per
 variant against the reference (moe_int4_reference on the GPU, rel err <= 1e-2), every output element written (NaN
-poison), counters re-armed, a rerun bit-identical; route bit-identical to the committed kernel and both to bias.
-Edge cases once per model at T = 2: a token naming one expert twice, an id outside [0, E) (flagged), and x of mean
-1 (the largest -136 sum x) against the reference. Times alternate variant by variant over ROUNDS rounds at the
-committed tuned launch parameters.
+poison), counters re-armed, a rerun bit-identical; ticket and route bit-identical to the committed kernel, both and
+bias_dyn to bias. Edge cases once per model at T = 2: a token naming one expert twice, an id outside [0, E)
+(flagged), and x of mean 1 (the largest -136 sum x) against the reference. Times alternate variant by variant over
+ROUNDS rounds at the committed tuned launch parameters.
 
-Usage (repository root, after `pip install -e .`):
+Usage (repository root of commit 891591b, after `pip install -e .`):
     python3 runtime/results/small_t_levers.py   # writes $OUT/small_t_levers.json, prints a table
 """
 
