@@ -13,9 +13,7 @@
 // 136, giving q in [-8, 7] exactly. The unscaled products of a 128-wide group accumulate in fp32 and are
 // scaled by the group's (row) scale in fp32 afterwards, so no rounding enters besides fp32 accumulation.
 
-#ifndef MOE_L2_PREFETCH
 #define MOE_L2_PREFETCH 1  // phase-2 items prefetch their down weights while they wait (faster at T = 16)
-#endif
 #include "moe_common.cuh"
 
 #ifndef MOE_INT4_DEPTH1
@@ -43,27 +41,6 @@ struct Int4Weights {
         if (lane < 8) prefetch_l2(down_q + (tile * KC + lo) * 32, (hi - lo) * 512);
         else if (lane < 16) prefetch_l2(down_s + (tile * G + lo / 2) * 8, (hi - lo) / 2 * 32);
     }
-
-#if MOE_P1_LOOKAHEAD
-    // L2 prefetch of gate and up of n row tiles from r (contiguous in each array): codes and scales, one bulk
-    // request per array from lanes 0-3, or (MOE_P1_SPREAD) each code array in 16 pieces, lanes 0-15 and 16-31
-    __device__ void prefetch_gate_up(int e, int r, int n, const MoeArgs& p, int lane) const {
-        const int KC = p.D / 64, G = p.D / 128;
-        const size_t tile = (size_t)e * (p.F / 16) + r;
-        const unsigned code_bytes = n * KC * 512, scale_bytes = n * G * 32;
-#if MOE_P1_SPREAD
-        const unsigned piece = code_bytes / 16, i = lane & 15;
-        const uint4* q = (lane < 16 ? gate_q : up_q) + tile * KC * 32;
-        prefetch_l2(reinterpret_cast<const char*>(q) + i * piece, piece);
-        if (i == 0) prefetch_l2((lane < 16 ? gate_s : up_s) + tile * G * 8, scale_bytes);
-#else
-        if (lane == 0) prefetch_l2(gate_q + tile * KC * 32, code_bytes);
-        else if (lane == 1) prefetch_l2(up_q + tile * KC * 32, code_bytes);
-        else if (lane == 2) prefetch_l2(gate_s + tile * G * 8, scale_bytes);
-        else if (lane == 3) prefetch_l2(up_s + tile * G * 8, scale_bytes);
-#endif
-    }
-#endif
 
     // fragment registers of one k-tile from its packed word
     static __device__ __forceinline__ void dequant(unsigned w, unsigned (&a)[4]) {
@@ -125,15 +102,9 @@ struct Int4Weights {
     template <int M> struct Stage { uint4 w[M][2]; unsigned s[M]; };  // one group of M matrices
 
     // ks-th of KS slices of the D reduction of row tile r: groups ks, ks + KS, ...
-#if MOE_P1_LOOKAHEAD == 1
-    template <int NT, class Issued>
-    __device__ void gate_up(float* acc, int e, int r, const bf16_t* const* xrow, int cnt, const MoeArgs& p,
-                            int ks, int KS, int lane, Issued issued) const {
-#else
     template <int NT>
     __device__ void gate_up(float* acc, int e, int r, const bf16_t* const* xrow, int cnt, const MoeArgs& p,
                             int ks, int KS, int lane) const {
-#endif
         const int KC = p.D / 64, G = p.D / 128, c = lane & 3;
         const size_t tile = (size_t)e * (p.F / 16) + r;
         const uint4* gq = gate_q + tile * KC * 32 + lane;
@@ -152,11 +123,7 @@ struct Int4Weights {
                 s.s[1] = ld_stream32(us + grp * 8);
                 return s;
             },
-#if MOE_P1_LOOKAHEAD == 1
-            [&](const Stage<2>& s, int grp) { group_mma<NT, 2>(acc, s.w, s.s, xrow, grp, c, two); }, issued);
-#else
             [&](const Stage<2>& s, int grp) { group_mma<NT, 2>(acc, s.w, s.s, xrow, grp, c, two); });
-#endif
     }
 
     // split j of J over the chunks of F, in whole 128-wide groups (a group shares its scales)

@@ -44,18 +44,6 @@ typedef unsigned short bf16_t;
 #ifndef MOE_L2_PREFETCH
 #define MOE_L2_PREFETCH 0     // 1: phase-2 items prefetch their down weights into L2 (Weights::prefetch_down)
 #endif
-#ifndef MOE_P1_LOOKAHEAD
-#define MOE_P1_LOOKAHEAD 0    // experiment: L2 prefetch of a later phase-1 item's gate/up weights (Weights::
-#endif                        // prefetch_gate_up); 1: the block's next ticket, 2: ticket + MOE_P1_DIST * grid
-#ifndef MOE_P1_DIST
-#define MOE_P1_DIST 1         // experiment, MOE_P1_LOOKAHEAD 2: how many rounds of the grid ahead
-#endif
-#ifndef MOE_P1_SPREAD
-#define MOE_P1_SPREAD 0       // experiment: 0 one bulk prefetch per region (4 lanes), 1 each region over 16 lanes
-#endif
-#ifndef MOE_TICKET_LATE
-#define MOE_TICKET_LATE 0     // experiment: the first ticket stored to shared memory after the routing, not before
-#endif
 
 // counters[]: ticket, (unused), blocks exited, error flags, then one ticket per 16-row tile of D, then the
 // phase-1 row tiles done per expert in use
@@ -198,24 +186,13 @@ __device__ __forceinline__ void prefetch_rows(RowOf row_of, int rows, int lo, in
 
 // Work units first, first+step, ... < end, with the loads of the next DEPTH units in flight while one
 // is computed: a ring of DEPTH register stages, indexed by compile-time constants only.
-#if MOE_P1_LOOKAHEAD == 1
-struct NoHook { __device__ void operator()() const {} };
-// `issued` runs once the first DEPTH loads are in flight: what it waits for overlaps their latency
-template <int DEPTH, class Stage, class Load, class Compute, class Issued = NoHook>
-__device__ __forceinline__ void pipelined(int first, int end, int step, Load load, Compute compute,
-                                          Issued issued = {}) {
-#else
 template <int DEPTH, class Stage, class Load, class Compute>
 __device__ __forceinline__ void pipelined(int first, int end, int step, Load load, Compute compute) {
-#endif
     Stage s[DEPTH];
 #pragma unroll
     for (int k = 0; k < DEPTH; ++k) {
         if (first + k * step < end) s[k] = load(first + k * step);
     }
-#if MOE_P1_LOOKAHEAD == 1
-    issued();
-#endif
     for (int i = first; i < end; i += DEPTH * step) {
 #pragma unroll
         for (int k = 0; k < DEPTH; ++k) {
@@ -230,21 +207,10 @@ __device__ __forceinline__ void pipelined(int first, int end, int step, Load loa
 
 // ---- prologue: routing in shared memory -------------------------------------------------------------------
 
-#if MOE_TICKET_LATE
-template <class Weights>
-__device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts, int* ticket_slot) {
-#else
 template <class Weights>
 __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) {
-#endif
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int nwarps = nthreads >> 5, S = p.T * p.K;
-#if MOE_TICKET_LATE
-    // The block's first ticket: stored before the last barrier, so that its round trip overlaps the routing's
-    // (a store right after the atomic makes warp 0 wait for it before it starts the routing)
-    int ticket = 0;
-    if (tid == 0) ticket = atomicAdd(&p.counters[CTR_TICKET], 1);
-#endif
     for (int e = tid; e < p.E; e += nthreads) R.first[e] = S;
     __syncthreads();
     for (int s = tid; s < S; s += nthreads) {
@@ -290,9 +256,6 @@ __device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) 
             R.ref[u] = ref;
         }
     }
-#if MOE_TICKET_LATE
-    if (tid == 0) *ticket_slot = ticket;
-#endif
     __syncthreads();
 }
 
@@ -323,14 +286,8 @@ __device__ __forceinline__ void ksplit_sum(Scratch& S, float* v, int n, int KS) 
     }
 }
 
-#if MOE_P1_LOOKAHEAD == 1
-template <int NT, class Weights, class Issued>
-__device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0,
-                            Issued issued) {
-#else
 template <int NT, class Weights>
 __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0) {
-#endif
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
     const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
     const int r = r0 * tiles + warp / p.KS;
@@ -345,11 +302,7 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     float acc[2 * NT * 4];  // gate fragments [NT][4], then up fragments [NT][4]
 #pragma unroll
     for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
-#if MOE_P1_LOOKAHEAD == 1
-    if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane, issued);
-#else
     if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane);
-#endif
     ksplit_sum(S, acc, 2 * NT * 4, p.KS);
     if (ks == 0 && active) {
 #pragma unroll
@@ -471,30 +424,13 @@ __device__ void prefetch_down_item(const Routing& R, const MoeArgs& p, const Wei
     wts.prefetch_down(ref, r, min(tiles, p.D / 16 - r), lo, hi, p, threadIdx.x & 31);
 }
 
-#if MOE_P1_LOOKAHEAD
-// Ticket t's gate/up weights (the block's row tiles) asked into L2, if t names a phase-1 item: whoever takes
-// t later finds them there (L2 is shared by all SMs), and HBM gets more bytes in flight than the warps'
-// register stages hold.
-template <class Weights>
-__device__ void prefetch_gate_up_item(const Routing& R, const MoeArgs& p, const Weights& wts, int t, int n_p1,
-                                      int items1, int tiles, int lane) {
-    if (t >= n_p1) return;
-    const int u = t / items1, r = (t % items1) * tiles, ref = R.ref[u];
-    if (ref >= 0) wts.prefetch_gate_up(ref, r, min(tiles, p.F / 16 - r), p, lane);
-}
-#endif
-
 template <int NT, class Weights>
 __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     __shared__ Routing R;
     __shared__ Scratch S;
     const int tid = threadIdx.x, last_warp = (blockDim.x >> 5) - 1;
-#if MOE_TICKET_LATE
-    build_routing(R, p, wts, &S.ticket[0]);  // claims the first ticket; its last barrier publishes it
-#else
     if (tid == 0) S.ticket[0] = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
     build_routing(R, p, wts);  // ends with a barrier, which also publishes S.ticket
-#endif
     const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16, tiles = (blockDim.x >> 5) / p.KS;
     const int items1 = (FT + tiles - 1) / tiles, items2 = (DT + tiles - 1) / tiles;  // per expert (and split)
     const int n_p1 = n_used * items1, n_p2 = n_used * items2 * p.J;
@@ -507,20 +443,7 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
         if (tid == 0) next = atomicAdd(&p.counters[CTR_TICKET], 1);  // claimed early: its latency overlaps the item
         const Item it = decode(ticket, n_p1, items1, items2, p.J);
         if (it.phase == 1) {
-#if MOE_P1_LOOKAHEAD == 1
-            // warp 0 learns the block's next ticket once its first loads are in flight, and prefetches that item
-            phase1_item<NT>(R, S, p, wts, it.u, it.r0, [&] {
-                if ((tid >> 5) == 0)
-                    prefetch_gate_up_item(R, p, wts, __shfl_sync(0xffffffffu, next, 0), n_p1, items1, tiles, tid & 31);
-            });
-#else
-#if MOE_P1_LOOKAHEAD == 2
-            // the item one (MOE_P1_DIST) grid round ahead: about what the blocks take after their current items
-            if ((tid >> 5) == last_warp)
-                prefetch_gate_up_item(R, p, wts, ticket + MOE_P1_DIST * (int)gridDim.x, n_p1, items1, tiles, tid & 31);
-#endif
             phase1_item<NT>(R, S, p, wts, it.u, it.r0);
-#endif
         } else {
 #if MOE_L2_PREFETCH
             if ((tid >> 5) == last_warp) prefetch_down_item(R, p, wts, it, tiles);

@@ -2,8 +2,9 @@
 stream of the tiled INT4 kernel, and run 14's late first-ticket store, timed side by side with the committed kernel
 in one device call.
 
-The variants are -D switches of int4_moe.cu / moe_common.cuh; every switch at 0 compiles to the committed kernel's
-SASS (nvcc 13.0, diffed). A lookahead asks the copy engine (cp.async.bulk.prefetch.L2, fire and forget, no
+The variants are -D switches of int4_moe.cu / moe_common.cuh of commit bff3743 (the commit after it removed them
+again, since none was kept): run this script there (`git checkout bff3743`), where every switch at 0 compiles to the
+committed kernel's SASS (nvcc 13.0, diffed). A lookahead asks the copy engine (cp.async.bulk.prefetch.L2, fire and forget, no
 registers) to bring a later phase-1 item's gate and up codes and scales (the block's row tiles) into L2, so that
 HBM has more bytes in flight than the warps' 2-deep register stages hold and the item's loads hit L2:
   next         -DMOE_P1_LOOKAHEAD=1: the block's own next ticket (claimed at the item's start, as now), prefetched by
@@ -24,7 +25,7 @@ poison), counters re-armed, a rerun bit-identical, and every variant bit-identic
 (prefetches and ticket order change no arithmetic); at T = 2 a token naming one expert twice and an id outside
 [0, E) (flagged). Times alternate variant by variant over ROUNDS rounds at the committed tuned launch parameters.
 
-Usage (repository root, after `pip install -e .`):
+Usage (repository root of commit bff3743, after `pip install -e .`):
     python3 runtime/results/l2_lookahead.py   # writes $OUT/l2_lookahead.json, prints a table
     ncu --clock-control none --kernel-name regex:moe_int4 --metrics ... python3 runtime/results/l2_lookahead.py --ncu
         # one launch per variant in PROFILED on phi-3.5-moe and mixtral-8x7b at T = 1 and 16, in the printed order
