@@ -68,3 +68,26 @@ def test_numpy_sum_is_numpys_sum():
         for _ in range(200):
             values = (rng.random(n) * 10.0 ** rng.uniform(-7, -2, n)).tolist()
             assert numpy_sum(values) == float(np.add.reduce(values))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quiet_passes_equal_event_passes_on_random_setups(monkeypatch, seed):
+    # fresh random geometry, routing, machine and budget each seed (fixed seeds, so a failure reproduces)
+    rng = np.random.default_rng(seed)
+    model, (lo, hi) = [("phi-3.5-moe", (26, 60)), ("deepseek-v2-lite", (10, 30)), ("mixtral-8x7b", (30, 80)),
+                       ("qwen1.5-moe-a2.7b", (8, 28)), ("olmoe-1b-7b", (4, 14))][seed % 5]
+    trace = synthesize(SynthConfig(model=get_model(model), seqs=1, tokens=int(rng.integers(10, 40)),
+                                   prompt_len=int(rng.integers(4, 20)), k_max=int(rng.choice([2, 4, 8])),
+                                   locality=float(rng.uniform(0, 0.8)), acceptance=float(rng.uniform(0.3, 0.95)),
+                                   seed=seed))
+    hw = get_hardware(str(rng.choice(["a100-40g-pcie4", "h200-pcie5", "rtx4090-pcie4"])))
+    hw = dataclasses.replace(hw, copy_compute_overlap=float(rng.choice([1.0, rng.uniform(0.3, 1.0)])),
+                             copy_engines=int(rng.choice([1, 2])))
+    budget = int(rng.uniform(lo, hi) * GIB)
+    for system in ("speq", "lru-sm", "ondemand"):
+        out = []
+        for quiet in (True, False):
+            monkeypatch.setattr(Decoder, "quiet_passes", quiet)
+            r = simulate(trace, SimConfig(system=system, budget_bytes=budget, hardware=hw, seed=seed))
+            out.append(json.dumps([r.metrics, r.counters, r.stats.cycle_k, r.h2d_bytes], sort_keys=True))
+        assert out[0] == out[1], (seed, system)
