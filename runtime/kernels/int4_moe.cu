@@ -13,9 +13,7 @@
 // 136, giving q in [-8, 7] exactly. The unscaled products of a 128-wide group accumulate in fp32 and are
 // scaled by the group's (row) scale in fp32 afterwards, so no rounding enters besides fp32 accumulation.
 
-#ifndef MOE_L2_PREFETCH  // -D only for run 16's timing diagnostics (runtime/results/time_budget.py)
 #define MOE_L2_PREFETCH 1  // phase-2 items prefetch their down weights while they wait (faster at T = 16)
-#endif
 #include "moe_common.cuh"
 
 #ifndef MOE_INT4_DEPTH1
@@ -97,42 +95,6 @@ struct Int4Weights {
         }
     }
 
-#if MOE_DIAG_P1 >= 2
-    // Timing only (run 16; wrong results): a gate+up group without its mma chain. Every loaded word (weights,
-    // scales, the B rows as group_mma loads them) is XOR-folded into acc[0], so that the compiler keeps the
-    // loads; MOE_DIAG_P1 2 folds the dequantized fragment registers (dequantization kept), 3 the packed words.
-    template <int NT>
-    static __device__ __forceinline__ void diag_fold(float* acc, const uint4 (&w)[2][2], const unsigned (&scales)[2],
-                                                     const bf16_t* const* rows, int grp, int c, bool two) {
-        unsigned f = scales[0] ^ scales[1];
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-            uint4 b[NT][2];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                if (nt == 0 || two) {
-                    load_b(b[nt], rows[nt], 2 * grp + kk, c);
-                    f ^= b[nt][0].x ^ b[nt][0].y ^ b[nt][0].z ^ b[nt][0].w ^ b[nt][1].x ^ b[nt][1].y ^ b[nt][1].z ^ b[nt][1].w;
-                }
-            }
-#pragma unroll
-            for (int m = 0; m < 2; ++m) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-#if MOE_DIAG_P1 == 2
-                    unsigned a[4];
-                    dequant(word(w[m][kk], j), a);
-                    f ^= a[0] ^ a[1] ^ a[2] ^ a[3];
-#else
-                    f ^= word(w[m][kk], j);
-#endif
-                }
-            }
-        }
-        acc[0] += __uint_as_float(f);
-    }
-#endif
-
     // Register pipeline depth (weights only; B rows come from L1).
     template <int NT> static constexpr int DEPTH1 = NT == 1 ? MOE_INT4_DEPTH1 : 2;
     template <int NT> static constexpr int DEPTH2 = NT == 1 ? MOE_INT4_DEPTH2 : 2;
@@ -161,11 +123,7 @@ struct Int4Weights {
                 s.s[1] = ld_stream32(us + grp * 8);
                 return s;
             },
-#if MOE_DIAG_P1 >= 2
-            [&](const Stage<2>& s, int grp) { diag_fold<NT>(acc, s.w, s.s, xrow, grp, c, two); });
-#else
             [&](const Stage<2>& s, int grp) { group_mma<NT, 2>(acc, s.w, s.s, xrow, grp, c, two); });
-#endif
     }
 
     // split j of J over the chunks of F, in whole 128-wide groups (a group shares its scales)

@@ -44,23 +44,6 @@ typedef unsigned short bf16_t;
 #ifndef MOE_L2_PREFETCH
 #define MOE_L2_PREFETCH 0     // 1: phase-2 items prefetch their down weights into L2 (Weights::prefetch_down)
 #endif
-// Timing-only diagnostics of run 16 (runtime/results/time_budget.py): each removes one part of the work, so the
-// results are WRONG when any is set; all at 0 give the committed kernel.
-#ifndef MOE_DIAG_P1
-#define MOE_DIAG_P1 0         // 1: phase-1 items do nothing (ticket only); 2 and 3: Int4Weights::diag_fold
-#endif
-#ifndef MOE_DIAG_P2
-#define MOE_DIAG_P2 0         // 1: phase-2 items do nothing (no prefetch, no wait, no work; ticket only)
-#endif
-#ifndef MOE_DIAG_NOWAIT
-#define MOE_DIAG_NOWAIT 0     // 1: phase-2 items do not wait for their expert's phase 1 (h read as it is)
-#endif
-#ifndef MOE_DIAG_NORED
-#define MOE_DIAG_NORED 0      // 1: no k-split sums, no fences; phase 2 writes its partial, no last-arriver sum;
-#endif                        // 2: only the fences before the phase-1 count and the phase-2 arrival removed
-#ifndef MOE_DIAG_NOLOOP
-#define MOE_DIAG_NOLOOP 0     // 1: no item loop at all: first ticket, routing, exit
-#endif
 
 // counters[]: ticket, (unused), blocks exited, error flags, then one ticket per 16-row tile of D, then the
 // phase-1 row tiles done per expert in use
@@ -284,24 +267,11 @@ struct __align__(16) Scratch {
     int ticket[2];                        // the block's next item, double-buffered: one barrier per item
 };
 
-#if MOE_DIAG_NORED == 1
-// A store that never happens (no sum of floats is this NaN payload) but that the compiler cannot prove dead, so
-// a warp whose k-split sum is skipped still does all its loads and math
-__device__ __forceinline__ void diag_keep(const float* v, int n, bf16_t* sink) {
-    float s = 0.0f;
-    for (int i = 0; i < n; ++i) s += v[i];
-    if (__float_as_uint(s) == 0x7fbadbadu) sink[0] = 1;
-}
-#endif
-
 // Fixed-order sum of `n` floats per lane over the KS warps of each row tile; the result is valid in the
 // tile's first warp (k split 0). A barrier for the whole block, skipped when KS == 1 (uniform). Rows of
 // S.red are lane-contiguous: no bank conflicts.
 __device__ __forceinline__ void ksplit_sum(Scratch& S, float* v, int n, int KS) {
     if (KS == 1) return;
-#if MOE_DIAG_NORED == 1
-    return;
-#endif
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int i = 0; i < n; ++i) S.red[warp][i][lane] = v[i];
@@ -334,9 +304,6 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     for (int i = 0; i < 2 * NT * 4; ++i) acc[i] = 0.0f;
     if (active && R.ref[u] >= 0) wts.template gate_up<NT>(acc, R.ref[u], r, xrow, cnt, p, ks, p.KS, lane);
     ksplit_sum(S, acc, 2 * NT * 4, p.KS);
-#if MOE_DIAG_NORED == 1
-    if (ks != 0) diag_keep(acc, 2 * NT * 4, p.hbuf);
-#endif
     if (ks == 0 && active) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -350,9 +317,7 @@ __device__ void phase1_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
                 }
             }
         }
-#if !MOE_DIAG_NORED
         __threadfence();  // h visible device-wide before the completion count says so
-#endif
         __syncwarp();
         if (lane == 0) atomicAdd(&p.counters[CTR_ROWS + p.D / 16 + u], 1);  // one row tile of expert u done
     }
@@ -411,9 +376,6 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     for (int i = 0; i < NT * 4; ++i) acc[i] = 0.0f;
     if (active && R.ref[u] >= 0) wts.template down<NT>(acc, R.ref[u], r, lo, hi, hrow, cnt, p, ks, p.KS, lane);
     ksplit_sum(S, acc, NT * 4, p.KS);
-#if MOE_DIAG_NORED == 1
-    if (ks != 0) diag_keep(acc, NT * 4, p.hbuf);
-#endif
     if (ks != 0 || !active) return;
     // the row tile's first warp: its weighted fragments into a dense token-space tile, then the partial
     float* tile = S.tile[warp];
@@ -432,12 +394,7 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE) + 2 * lane;
     dst[0] = tile4[0];
     dst[1] = tile4[1];
-#if MOE_DIAG_NORED == 1
-    return;
-#endif
-#if !MOE_DIAG_NORED
     __threadfence();
-#endif
     __syncwarp();
     int last = 0;
     if (lane == 0) last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
@@ -481,23 +438,16 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     int* p1_done = p.counters + CTR_ROWS + DT;  // [U] phase-1 row tiles finished per expert in use
     int ticket = S.ticket[0];
     int ready_u = -1;  // experts up to this one have finished phase 1 (tickets only grow, so u never decreases)
-#if MOE_DIAG_NOLOOP
-    ticket = total;
-#endif
     for (int slot = 1; ticket < total; slot ^= 1) {
         int next = 0;
         if (tid == 0) next = atomicAdd(&p.counters[CTR_TICKET], 1);  // claimed early: its latency overlaps the item
         const Item it = decode(ticket, n_p1, items1, items2, p.J);
         if (it.phase == 1) {
-#if MOE_DIAG_P1 != 1
             phase1_item<NT>(R, S, p, wts, it.u, it.r0);
-#endif
         } else {
-#if !MOE_DIAG_P2
 #if MOE_L2_PREFETCH
             if ((tid >> 5) == last_warp) prefetch_down_item(R, p, wts, it, tiles);
 #endif
-#if !MOE_DIAG_NOWAIT && MOE_DIAG_P1 != 1  // phase 1 skipped: nothing counts its rows done
             if (it.u > ready_u) {
                 if (tid == 0) {
                     while (ld_acquire(&p1_done[it.u]) < FT) __nanosleep(64);
@@ -505,9 +455,7 @@ __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
                 __syncthreads();
                 ready_u = it.u;
             }
-#endif
             phase2_item<NT>(R, S, p, wts, it.u, it.r0, it.j);
-#endif
         }
         // the other slot was last read before the previous barrier, so one barrier per item suffices
         if (tid == 0) S.ticket[slot] = next;

@@ -2,8 +2,9 @@
 T = 1 (T = 2 and 8 for contrast), on phi-3.5-moe and mixtral-8x7b at the committed tuned launch parameters.
 
 Nothing here is a candidate change. Each variant is the committed kernel with one part of its work removed by
--D switches of moe_common.cuh / int4_moe.cu of the commit that added this script (the next commit removed them
-again: run this script there). Every switch at 0 compiles to the committed kernel's SASS (nvcc 13.0, diffed).
+-D switches of moe_common.cuh / int4_moe.cu of commit 91450ab, which added this script (the next commit removed
+them again: run this script there, `git checkout 91450ab`). Every switch at 0 compiles to the committed kernel's
+SASS (nvcc 13.0, diffed).
 The variants compute WRONG results (timing only), except `full`:
   full        the committed kernel (checked against the reference on three routings per model and T).
   empty       -DMOE_DIAG_NOLOOP=1: first ticket, routing prologue, exit; no item loop.
@@ -32,7 +33,7 @@ Times alternate variant by variant over ROUNDS rounds of ITERS calls on runtime/
 and routings; the counters are checked re-armed after every variant's first launch (a variant that left them
 armed would make the next one do nothing).
 
-Usage (repository root of the commit with the switches, after `pip install -e .`):
+Usage (repository root of commit 91450ab, after `pip install -e .`; --table also works here):
     python3 runtime/results/time_budget.py            # writes $OUT/time_budget.json, prints the table
     python3 runtime/results/time_budget.py --profile  # Nsight Compute (NCU_ARGS) on one launch each of PROFILED,
                                                       # phi-3.5-moe and mixtral-8x7b at T = 1: $OUT/ncu_time_budget.txt
