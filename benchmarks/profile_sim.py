@@ -35,6 +35,8 @@ PARTS = [  # (owner, method, what it is)
     (ExpertCache, "hold", "cache: hold"),
     (ExpertCache, "absent", "cache: absent"),
     (ExpertCache, "reserve_many", "cache: claim slots for a layer's misses"),
+    (ExpertCache, "serve", "cache: access + hold + absent of a few experts"),
+    (ExpertCache, "reserve_few", "cache: claim slots for a few misses"),
     (ExpertCache, "landed", "cache: landed"),
     (ExpertCache, "release", "cache: release"),
     (Decoder, "_fold_times", "fold a layer's experts over their landings"),

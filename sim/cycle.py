@@ -111,6 +111,9 @@ class LayerPlan(NamedTuple):
     fetch: np.ndarray  # [n] flat, most tokens first (ties: lower id): the order its misses are fetched in
 
 
+FEW_EXPERTS = 8  # a quiet pass takes a layer of at most this many experts one at a time (`_quiet_experts_few`)
+
+
 def numpy_sum(values: list[float]) -> float:
     """float(np.add.reduce(values)) without the array for short lists: NumPy adds fewer than 8 terms in
     order and pairs them from 8 on."""
@@ -315,24 +318,50 @@ class Decoder:
             t1 = t + m.compute_s(layer_s, t)
             busy += t1 - t
             t = t1
-            flat = plan.flat
-            cache.access(layer, plan.experts)
-            cache.hold(flat)
-            misses = plan.fetch[cache.absent(plan.fetch)]
-            if misses.size:
-                cache.reserve_many(misses)  # all granted: the layer fits its pool (`_quiet`)
-                m.copy_back_to_back(layer, misses, t)
-                total, end = self._fold_times(flat, plan.cost_s, t)[3:]
-                cache.landed(misses)
-                if end > t:
-                    t = t + (end - t)  # as a timeout of end - now would advance the clock
-            else:
-                total = float(plan.cost_s.sum()) * m.compute_s(1.0, t)
-                t = t + total
+            few = plan.flat.size <= FEW_EXPERTS
+            t, total = (self._quiet_experts_few if few else self._quiet_experts)(layer, plan, t)
             busy += total
-            cache.release(flat)
         t1 = t + m.compute_s(head_s, t)
         return t1, busy + (t1 - t)
+
+    def _quiet_experts(self, layer: int, plan: LayerPlan, t: float) -> tuple[float, float]:
+        """A quiet pass's expert phase of one layer from t: (end time, compute seconds)."""
+        cache, m, flat = self.p.cache, self.m, plan.flat
+        cache.access(layer, plan.experts)
+        cache.hold(flat)
+        misses = plan.fetch[cache.absent(plan.fetch)]
+        if misses.size:
+            cache.reserve_many(misses)  # all granted: the layer fits its pool (`_quiet`)
+            m.copy_back_to_back(layer, misses.tolist(), t)
+            total, end = self._fold_times(flat.tolist(), plan.cost_s.tolist(), t)[3:]
+            cache.landed(misses)
+            if end > t:
+                t = t + (end - t)  # as a timeout of end - now would advance the clock
+        else:
+            total = float(plan.cost_s.sum()) * m.compute_s(1.0, t)
+            t = t + total
+        cache.release(flat)
+        return t, total
+
+    def _quiet_experts_few(self, layer: int, plan: LayerPlan, t: float) -> tuple[float, float]:
+        """_quiet_experts for a layer of a few experts (plain decoding), in scalar arithmetic: the cache's
+        scalar forms, and Python floats in the same operations (numpy_sum for the array's sum)."""
+        cache, m = self.p.cache, self.m
+        flat, cost = plan.flat.tolist(), plan.cost_s.tolist()
+        misses = cache.serve(plan.fetch.tolist())
+        if misses:
+            cache.reserve_few(misses)  # all granted: the layer fits its pool (`_quiet`)
+            m.copy_back_to_back(layer, misses, t)
+            total, end = self._fold_times(flat, cost, t)[3:]
+            for f in misses:
+                cache.landed(f)
+            if end > t:
+                t = t + (end - t)  # as a timeout of end - now would advance the clock
+        else:
+            total = numpy_sum(cost) * m.compute_s(1.0, t)
+            t = t + total
+        cache.release(flat)
+        return t, total
 
     def _experts(self, layer: int, plan: LayerPlan):
         """Compute a layer's experts: resident first, the rest as they land.
@@ -385,7 +414,7 @@ class Decoder:
         IEEE operations as NumPy's elementwise ones, and sorted() is stable like argsort(kind="stable"));
         the total is NumPy's sum, sequential below 8 terms and pairwise from 8 on (tests check the two agree)."""
         env, cache, m = self.env, self.p.cache, self.m
-        order, land, c, total, end = self._fold_times(flat, cost, t)
+        order, land, c, total, end = self._fold_times(flat.tolist(), cost.tolist(), t)
         if end > env.now:
             yield env.timeout(end - env.now)
         if self.rec.enabled:
@@ -394,13 +423,14 @@ class Decoder:
         m.notify_release()
         return (total, end) if with_end else total
 
-    def _fold_times(self, flat: np.ndarray, cost: np.ndarray, t: float):
-        """_fold's arithmetic at time t: (order, landing times and kernel seconds in that order, total, end)."""
-        m = self.m
-        land = [a if s != RESIDENT and a > t else t  # resident experts are there from the start
-                for s, a in zip(self.p.cache.state[flat].tolist(), m.land_at[flat].tolist(), strict=True)]
+    def _fold_times(self, flat: list[int], seconds: list[float], t: float):
+        """_fold's arithmetic at time t for experts flat [a] with kernel seconds [a]: (order, landing times and
+        kernel seconds in that order, total, end)."""
+        m, state, land_at = self.m, self.p.cache.state, self.m.land_at
+        land = [t if state[f] == RESIDENT or land_at[f] <= t else float(land_at[f])  # resident: there from the start
+                for f in flat]
         order = sorted(range(len(land)), key=land.__getitem__)
-        scale, seconds = m.compute_s(1.0, t), cost.tolist()
+        scale = m.compute_s(1.0, t)
         land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability
         total = numpy_sum(c)
         end, suffix = t + total, 0.0

@@ -73,7 +73,8 @@ class Machine:
         self.E, self.expert_bytes, self.pinned = cache.E, expert_bytes, pinned
         self.copy_s = hw.h2d_time_s(expert_bytes, pinned)
         self.layer_copy_s = hw.h2d_time_s(expert_bytes * cache.E, pinned)
-        self._copy_ends_s = self.copy_s * np.arange(1, cache.L * cache.E + 1)  # ends of back-to-back copies
+        # [L*E] ends of back-to-back copies (NumPy's products, read one by one)
+        self._copy_ends_s = (self.copy_s * np.arange(1, cache.L * cache.E + 1)).tolist()
         self.progress = (0, -1)  # (step, layer) the compute stream is at; set by the decoder
         self._heap: list[tuple] = []
         self._parked: list[tuple] = []  # a heap of prefetches the cache refused, retried after unpark()
@@ -238,7 +239,7 @@ class Machine:
                 self.rec.instant(EVICT, t, victim // self.E, victim % self.E)
         started = flats[:granted]
         if granted:
-            t = self.copy_back_to_back(batch.layer, started, t)
+            t = self.copy_back_to_back(batch.layer, started.tolist(), t)
         waiting = flats[granted:]
         batch.announce(self.env, waiting)
         if waiting.size:  # no evictable slot: retry after the compute stream releases one
@@ -250,20 +251,21 @@ class Machine:
         if waiting.size and self._slot_wait is not None and not self._slot_wait.triggered:
             yield self._slot_wait
 
-    def copy_back_to_back(self, layer: int, flats: np.ndarray, t: float) -> float:
+    def copy_back_to_back(self, layer: int, flats: list[int], t: float) -> float:
         """Account demand copies of a layer's experts flats [m] (slots claimed) started back to back at t;
         returns when the last lands. Copies that may overlap a D2H transfer are timed one by one."""
         if t < self.d2h_window[1]:
-            for flat in flats.tolist():
+            for flat in flats:
                 t = self._start(flat, -1, t, "demand")
             return t
-        # at full rate: one vectorized account, the same arithmetic whether or not a timeline is recorded
-        lands = t + self._copy_ends_s[:flats.size]
-        self.land_at[flats] = lands
-        end = t + flats.size * self.copy_s
-        self._account(t, end, self.expert_bytes * flats.size, layer, -1, "demand", flats.size, record=False)
+        # at full rate: one account, the same arithmetic whether or not a timeline is recorded
+        lands = [t + ends_s for ends_s in self._copy_ends_s[:len(flats)]]
+        for flat, land in zip(flats, lands, strict=True):
+            self.land_at[flat] = land
+        end = t + len(flats) * self.copy_s
+        self._account(t, end, self.expert_bytes * len(flats), layer, -1, "demand", len(flats), record=False)
         if self.rec.enabled:
-            for flat, start, land in zip(flats.tolist(), [t, *lands[:-1].tolist()], lands.tolist(), strict=True):
+            for flat, start, land in zip(flats, [t, *lands[:-1]], lands, strict=True):
                 self.rec.span(H2D_COPY, "h2d", start, land, layer, flat % self.E, bytes=self.expert_bytes,
                               kind="demand")
         return end

@@ -227,3 +227,63 @@ def test_decay_powers_are_one_table_whatever_the_step():
     rule._use(np.array([0, 1, 2, 3]))
     rule._use(4)
     assert rule.freq[4] == rule.freq[0] == 1.5 * rule.powers[10_000] + 1.0
+
+
+@pytest.mark.parametrize("rule", ["lru", "lfu", "lfru", "lookahead", "belady"])
+@pytest.mark.parametrize("capacity", [(9,), (3, 2, 3, 2)])
+def test_scalar_layer_forms_match_the_array_forms(rule, capacity):
+    # serve / reserve_few / landed(f) / release(list) against access + hold + absent / reserve_many /
+    # landed(array) / release(array), on two caches driven through the same random decoding and prefetches
+    layers, experts = 4, 5
+    rng = np.random.default_rng(len(capacity) * 10 + len(rule))
+    future = FutureUses(rng.random((60, layers, experts)) < 0.4)
+
+    def make():
+        elb = ExpertLookaheadBuffer(layers, experts)
+        return elb, ExpertCache(layers, experts, list(capacity),
+                                make_eviction(rule, layers, experts, decay=0.8, elb=elb, future=future))
+
+    (elb_a, arrays), (elb_s, scalars) = make(), make()
+
+    def same():
+        for name in ("state", "slot_of", "prefetched", "_bar"):
+            np.testing.assert_array_equal(getattr(arrays, name), getattr(scalars, name), err_msg=name)
+        assert arrays.counters == scalars.counters and arrays.clock == scalars.clock
+        for name in ("last_use", "count", "freq", "freq_step", "last_step"):
+            np.testing.assert_array_equal(getattr(arrays.eviction, name), getattr(scalars.eviction, name),
+                                          err_msg=name)
+        if rule in ("lookahead", "belady"):  # the packed keys as of now (each cache rebuilds them lazily)
+            np.testing.assert_array_equal(arrays.eviction._current_fallback(), scalars.eviction._current_fallback())
+
+    for step in range(60):
+        k = int(rng.integers(0, 3))
+        for elb in (elb_a, elb_s):
+            elb.start(k)
+        for _ in range(k):
+            ids, weights = np.stack([rng.choice(experts, 2, replace=False) for _ in range(layers)]), rng.random((layers, 2))
+            elb_a.add(ids, weights)
+            elb_s.add(ids, weights)
+            f = int(rng.integers(layers * experts))
+            if arrays.state[f] == ABSENT and arrays.reserve(f, demand=False)[0] == OK:
+                assert scalars.reserve(f, demand=False)[0] == OK
+                arrays.landed(f)
+                scalars.landed(f)
+        for layer in range(layers):
+            for cache, elb in ((arrays, elb_a), (scalars, elb_s)):
+                cache.progress(step, layer)
+                elb.verify_at(layer)
+            needed = rng.choice(experts, int(rng.integers(1, min(experts, *capacity) + 1)), replace=False)
+            flat = layer * experts + needed
+            arrays.access(layer, needed)
+            arrays.hold(flat)
+            misses = flat[arrays.absent(flat)]
+            assert scalars.serve(flat.tolist()) == misses.tolist()
+            same()
+            if misses.size:
+                assert arrays.reserve_many(misses) == scalars.reserve_few(misses.tolist())
+                arrays.landed(misses)
+                for f in misses.tolist():
+                    scalars.landed(f)
+            arrays.release(flat)
+            scalars.release(flat.tolist())
+            same()

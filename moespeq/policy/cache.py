@@ -11,7 +11,9 @@ slot is in flight) or RESIDENT. The driver (simulator or runtime) tells the cach
                            release), or REFUSED (the rule will not let a prefetch evict any candidate)
   landed(f)                the copy finished
 
-and asks nothing about time. Counters are in `counters` (tests and metrics read them, not private fields).
+and asks nothing about time. A layer of a few experts (plain decoding: top-K of one token) can go through
+`serve` (access + hold + which are absent) and `reserve_few` instead, the same bookkeeping in scalar
+arithmetic: on a handful of elements NumPy's per-call cost is most of the work (tests compare the two forms). Counters are in `counters` (tests and metrics read them, not private fields).
 
 Usage:
     cache = ExpertCache(layers=32, experts=16, capacity=[113], eviction=make_eviction("lru", 32, 16))
@@ -147,8 +149,35 @@ class ExpertCache:
     def hold(self, flat: np.ndarray) -> None:
         self._bar[flat] = 2
 
-    def release(self, flat: np.ndarray) -> None:
-        self._bar[flat] = 1
+    def release(self, flat: np.ndarray | list[int]) -> None:
+        if isinstance(flat, list):  # a few experts (`serve`): no array to build
+            for f in flat:
+                self._bar[f] = 1
+        else:
+            self._bar[flat] = 1
+
+    def serve(self, flat: list[int]) -> list[int]:
+        """access, then hold, of one layer's few distinct experts flat [n] (in any order), one at a time;
+        returns the absent ones in the order given."""
+        state, prefetched, bar, c = self.state, self.prefetched, self._bar, self.counters
+        absent, hits = [], 0
+        for f in flat:
+            s = state[f]
+            if s == RESIDENT:
+                hits += 1
+            elif s == ABSENT:
+                absent.append(f)
+            if prefetched[f]:
+                c.prefetch_useful += 1
+                if s == RESIDENT:
+                    c.prefetch_timely += 1
+                prefetched[f] = False
+            bar[f] = 2
+        c.needed += len(flat)
+        c.hits += hits
+        self.eviction.on_access(flat, self.clock)
+        self.clock += 1
+        return absent
 
     # ---- asked by the copy engine ---------------------------------------------------------------------
     def reserve(self, flat: int, demand: bool) -> tuple[int, int]:
@@ -207,6 +236,43 @@ class ExpertCache:
         self.prefetched[claimed] = False
         self.counters.loads_demand += granted
         return granted, victims
+
+    def reserve_few(self, flat: list[int]) -> tuple[int, list[int]]:
+        """reserve_many for a few absent experts flat [m] (one pool), one at a time."""
+        pool = self._pool(flat[0])
+        if self.per_layer and any(f // self.E != pool for f in flat):
+            raise ValueError("reserve_few takes experts of one pool")
+        need = len(flat) - max(self.capacity[pool] - self._used[pool], 0)
+        victims = self._victims(pool, need) if need > 0 else []
+        for victim in victims:
+            self._evict(victim)
+        granted = min(len(flat), self.capacity[pool] - self._used[pool])
+        free_list = self._free[pool]
+        for f in flat[:granted]:
+            self.state[f] = LOADING
+            self.slot_of[f] = free_list.pop()
+            self.prefetched[f] = False
+        self._used[pool] += granted
+        self.counters.loads_demand += granted
+        return granted, victims
+
+    def _victims(self, pool: int, m: int) -> list[int]:
+        """The first m experts of a pool to evict (fewer if fewer are evictable), in one decision. Where the
+        rule orders by one key, by repeated masked argmins (the first minimum, like a stable sort)."""
+        lo, hi = self._range[pool]
+        key = self.eviction.order_key(lo, hi)  # [hi - lo] or None
+        if key is None:
+            candidates = self._evictable(lo, hi)
+            return self.eviction.victims(candidates, lo, min(m, int(np.count_nonzero(candidates)))).tolist()
+        masked = np.where(self._evictable(lo, hi), key, np.inf)  # [hi - lo]
+        chosen: list[int] = []
+        while len(chosen) < m:
+            i = int(masked.argmin())
+            if masked[i] == np.inf:  # nothing evictable left
+                break
+            masked[i] = np.inf
+            chosen.append(lo + i)
+        return chosen
 
     def _evict_many(self, victims: np.ndarray, pool: int) -> None:
         """_evict for several victims of one pool at once."""

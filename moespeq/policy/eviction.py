@@ -100,12 +100,22 @@ class EvictionPolicy:
         if self._tie is not None:
             self._tie[flat] = self._tie_key(flat)
 
-    def on_access(self, flat: np.ndarray, clock: int) -> None:
+    def on_access(self, flat: np.ndarray | list[int], clock: int) -> None:
+        """A layer used experts flat ([n] array, or a few as a list: one at a time, the same arithmetic)."""
         if clock >= _CLOCK_LIMIT:
             raise RuntimeError("access clock passed 2^27: the eviction tie key would lose recency order")
+        if isinstance(flat, list):
+            for f in flat:
+                self._access_one(f, clock)
+            return
         self._touch(flat, clock)
         self.last_step[flat] = self.step
         self._use(flat)
+
+    def _access_one(self, f: int, clock: int) -> None:
+        self._touch(f, clock)
+        self.last_step[f] = self.step
+        self._use(f)
 
     def _touch(self, flat: np.ndarray | int, clock: int) -> None:
         """Record flat's latest use or insertion by the access clock (the recency lru, lfu and lfru order by)."""
@@ -143,6 +153,12 @@ class EvictionPolicy:
     def keys(self, lo: int, hi: int) -> list[np.ndarray]:
         """Eviction order over experts lo..hi: lexicographic on these keys, smallest first."""
         raise NotImplementedError
+
+    def order_key(self, lo: int, hi: int) -> np.ndarray | None:
+        """[hi - lo] one key over experts lo..hi whose order (smallest first, ties to the lower index) is the
+        eviction order of `victims`, or None where the rule needs several keys."""
+        keys = self.keys(lo, hi)
+        return keys[0] if len(keys) == 1 else None
 
     def victim(self, candidates: np.ndarray, lo: int) -> int:
         """Flat index of the expert to evict among candidates [hi - lo] bool (at least one True)."""
@@ -342,6 +358,9 @@ class _NextUse(EvictionPolicy):
     def predicts_nothing(self) -> bool:
         """No expert has a known next use (all FAR): the fallback order alone decides."""
         return False
+
+    def order_key(self, lo: int, hi: int) -> np.ndarray | None:
+        return self._current_fallback()[lo:hi] if self.predicts_nothing() else None
 
     def victim(self, candidates: np.ndarray, lo: int) -> int:
         if self.predicts_nothing():
