@@ -88,7 +88,7 @@ class EvictionPolicy:
 
     def _use_one(self, f: int) -> float:
         """_use of one expert in the same arithmetic on Python floats: several times faster than on NumPy."""
-        freq = float(self.freq[f]) * self._powers_list[self.step - int(self.freq_step[f])] + 1.0
+        freq = self.freq.item(f) * self._powers_list[self.step - self.freq_step.item(f)] + 1.0
         self.freq[f] = freq
         self.freq_step[f] = self.step
         if self._tie is not None:
@@ -333,6 +333,12 @@ class _NextUse(EvictionPolicy):
                                       self._packed(flat, False))
         return freq
 
+    def _access_one(self, f: int, clock: int) -> None:
+        # _touch records nothing for these rules and _use of one expert is _use_one: two calls fewer per
+        # expert on plain decoding's hot path
+        self.last_step[f] = self.step
+        self._use_one(f)
+
     def _use_one(self, f: int) -> float:
         freq = super()._use_one(f)
         if self._fb_step == self.step:  # else the keys are rebuilt at the next decision
@@ -341,11 +347,12 @@ class _NextUse(EvictionPolicy):
 
     def _repack_one(self, f: int, freq: float) -> None:
         """_packed for one expert just used (freq_step = step, decayed frequency freq), in scalar arithmetic:
-        its key at the next step always, and at this step only while the pass has not reached its layer."""
-        layer, age = f // self.E, self.step - int(self.last_step[f])
+        its key at the next step always, and at this step only while the pass has not reached its layer
+        (where the packed keys lag behind the pass, `_current_fallback` copies the next step's key too)."""
+        layer, age = f // self.E, self.step - self.last_step.item(f)
         passed = self._pack(age + 1, min(math.floor(freq * self._decay1_scaled), _FREQ_CAP), 511 - layer - self.L)
         self._fb_passed[f] = passed
-        if layer <= self._fb_layer:
+        if layer <= self.layer:
             self._fb[f] = passed
         else:
             self._fb[f] = self._pack(age, min(math.floor(freq * _FREQ_SCALE), _FREQ_CAP), 511 - layer)
