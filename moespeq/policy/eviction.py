@@ -241,7 +241,6 @@ class _NextUse(EvictionPolicy):
         self.recency_first = tie_break == "recency-freq"
         n = layers * experts
         self.layer_of = np.repeat(np.arange(layers), experts)  # [L*E]
-        self._everyone = np.arange(n)
         self._decay1_scaled = float(self.powers[1]) * _FREQ_SCALE  # exact: the scale is a power of two
         self._fb = np.zeros(n)  # [L*E] the packed fallback key at (_fb_step, _fb_layer), less the layer shift
         self._fb_passed = np.zeros(n)  # [L*E] the same as if every layer were passed (next opportunity: step + 1)
@@ -287,9 +286,10 @@ class _NextUse(EvictionPolicy):
             return freq * 2.0**9 + (farther - age * 2.0**33)
         return freq * 2.0**29 + (farther - age * 2.0**9 + (_AGE_LIMIT - 1.0) * 2.0**9)
 
-    def _packed(self, flat: np.ndarray, passed: Any) -> np.ndarray:
-        """[n] packed keys of experts flat [n] (passed: [n] bool or one bool), less the current layer's shift
-        (a constant within a decision): at_next_opportunity's arithmetic."""
+    def _packed(self, flat: np.ndarray | slice, passed: Any) -> np.ndarray:
+        """[n] packed keys of experts flat [n], or of all with slice(None) (views, not gathers), passed: [n] bool
+        or one bool, less the current layer's shift (a constant within a decision): at_next_opportunity's
+        arithmetic."""
         opportunity = self.step + passed
         freq = self.freq[flat] * self.powers[opportunity - self.freq_step[flat]]
         freq = np.minimum(np.floor(freq * _FREQ_SCALE), _FREQ_CAP)
@@ -298,8 +298,8 @@ class _NextUse(EvictionPolicy):
     def _current_fallback(self) -> np.ndarray:
         """[L*E] the packed fallback keys at (step, layer)."""
         if self._fb_step != self.step or self.layer < self._fb_layer:
-            self._fb_passed = self._packed(self._everyone, True)
-            ahead = self._packed(self._everyone, False)
+            self._fb_passed = self._packed(slice(None), True)
+            ahead = self._packed(slice(None), False)
             self._fb = np.where(self.layer_of <= self.layer, self._fb_passed, ahead)
             self._fb_step, self._fb_layer = self.step, self.layer
         elif self.layer > self._fb_layer:  # the pass reached more layers: their experts' next chance is the next step
