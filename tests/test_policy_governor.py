@@ -9,6 +9,7 @@ from moespeq.policy.governor import (
     PlainDecodeShadow,
     RooflineGovernor,
     StaticGovernor,
+    _Ema,
     make_governor,
 )
 from moespeq.policy.roofline import PerfModel, k_accept, operating_points, t_cycle, theta
@@ -146,3 +147,16 @@ def test_verify_time_follows_the_measured_number_of_experts():
     # two tokens that share their experts (2 per layer, not 3.5) read 4 x 1.5 fewer experts
     assert perf.t_verify_routed(layers=4, distinct=np.array([2.0, 2.0]))[1] == pytest.approx(14e-3 - 4 * 1.5e-3)
     assert verify[2] == perf.t_verify(3)  # past the table: as profiled
+
+
+@pytest.mark.parametrize("ema", [0.05, 0.3, 0.9])
+def test_ema_update_of_one_index_is_the_array_update(ema):
+    rng = np.random.default_rng(int(ema * 100))
+    arrays, scalars = _Ema(rng.random(4), ema), _Ema(rng.random(4), ema)
+    scalars.value[:] = arrays.value
+    for _ in range(300):
+        i, x = int(rng.integers(4)), float(rng.choice([rng.random() * 100, rng.integers(0, 30)]))
+        arrays.update(np.array([i]), np.array([x]))
+        scalars.update_one(i, x)
+        np.testing.assert_array_equal(arrays.n, scalars.n)
+        np.testing.assert_array_equal(arrays.value, scalars.value)

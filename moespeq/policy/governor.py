@@ -83,6 +83,13 @@ class _Ema:
         alpha = np.maximum(self.ema, 1.0 / self.n[index])
         self.value[index] += alpha * (x - self.value[index])
 
+    def update_one(self, i: int, x: float) -> None:
+        """update of one index in scalar arithmetic (the same operations; most updates are of one value)."""
+        n = self.n.item(i) + 1
+        self.n[i] = n
+        value = self.value.item(i)
+        self.value[i] = value + max(self.ema, 1.0 / n) * (x - value)
+
     def weight(self) -> np.ndarray:
         """Effective number of observations behind each value (an EMA remembers about 1/ema of them)."""
         return np.minimum(self.n, 1.0 / self.ema)
@@ -110,7 +117,7 @@ class AcceptanceEstimator:
         """outcomes [m] of positions 1..m (1 accepted, 0 rejected), from one cycle."""
         self.cycles += 1
         self.position.update(np.arange(outcomes.size), outcomes)
-        self.pooled.update(np.zeros(1, dtype=np.int64), np.array([outcomes.mean()]))
+        self.pooled.update_one(0, float(outcomes.mean()))
         self.last_seen[: outcomes.size] = self.cycles
 
     def estimate(self) -> np.ndarray:
@@ -152,9 +159,9 @@ class NewExpertEstimator:
             seen[rows, verify_ids[t]] = True
             new[t] = np.count_nonzero(seen & ~resident)
             distinct[t] = np.count_nonzero(seen) / layers
-        self.level.update(np.zeros(1, dtype=np.int64), new[:1])
+        self.level.update_one(0, float(new[0]))
         upto = min(n_tok, self.shape.value.size)
-        self.level_at_k.update(np.array([upto - 1]), new[:1])
+        self.level_at_k.update_one(upto - 1, float(new[0]))
         self.distinct.update(np.arange(upto), distinct[:upto])
         if upto > 1:
             self.shape.update(np.arange(1, upto), (new[1:upto] + 1.0) / (new[0] + 1.0))
@@ -206,8 +213,8 @@ class PlainDecodeShadow:
     def observe(self, path_ids: np.ndarray) -> None:
         """path_ids [T, L, K]: the routing of a cycle's accepted tokens, in decoding order."""
         for ids in path_ids:
-            missed = np.count_nonzero(~self._resident()[self.rows, ids])
-            self.misses.update(np.zeros(1, dtype=np.int64), np.array([missed]))
+            missed = int(np.count_nonzero(~self._resident()[self.rows, ids]))
+            self.misses.update_one(0, missed)
             self.last_use[self.rows, ids] = self.clock + np.arange(ids.size).reshape(ids.shape)
             self.clock += ids.size
 
@@ -229,6 +236,7 @@ class RooflineGovernor(Governor):
         self.zero_run = 0
         self.last_theta: np.ndarray = np.zeros(cfg.k_max + 1)
         self.overrun = _Ema(np.ones(cfg.k_max), cfg.ema)  # index k - 1: measured / modelled T_cycle(k)
+        self._overrun_now: np.ndarray | None = None  # _overrun() until the next overrun update
         self.probe_wait = cfg.probe_interval  # cycles at k = 0 before the next probe at k = 1
         self.probed = False
 
@@ -244,12 +252,17 @@ class RooflineGovernor(Governor):
         return tokens, cycle_times(self.perf, n_init, n_all, verify)
 
     def _overrun(self) -> np.ndarray:
-        """[k_max] measured / modelled cycle time of k = 1..k_max: per k where measured, else interpolated."""
-        seen = np.flatnonzero(self.overrun.n)
-        if seen.size == 0:
-            return np.ones(self.cfg.k_max)
-        ks = np.arange(1, self.cfg.k_max + 1)
-        return np.where(self.overrun.n > 0, self.overrun.value, np.interp(ks, seen + 1, self.overrun.value[seen]))
+        """[k_max] measured / modelled cycle time of k = 1..k_max: per k where measured, else interpolated.
+        Kept until a cycle at k >= 1 updates it (at k = 0, most cycles, it does not change)."""
+        if self._overrun_now is None:
+            seen = np.flatnonzero(self.overrun.n)
+            if seen.size == 0:
+                self._overrun_now = np.ones(self.cfg.k_max)
+            else:
+                ks = np.arange(1, self.cfg.k_max + 1)
+                self._overrun_now = np.where(self.overrun.n > 0, self.overrun.value,
+                                             np.interp(ks, seen + 1, self.overrun.value[seen]))
+        return self._overrun_now
 
     def choose(self, k_cap: int) -> int:
         cfg = self.cfg
@@ -271,7 +284,8 @@ class RooflineGovernor(Governor):
     def observe(self, k: int, accepted: int, verify_ids: np.ndarray | None = None,
                 resident_at_start: np.ndarray | None = None, cycle_s: float | None = None) -> None:
         if cycle_s is not None and k >= 1:
-            self.overrun.update(np.array([k - 1]), np.array([cycle_s / self._model()[1][k]]))
+            self.overrun.update_one(k - 1, cycle_s / float(self._model()[1][k]))
+            self._overrun_now = None
         self.cycles += 1
         self.zero_run = self.zero_run + 1 if k == 0 else 0
         seen = min(accepted + 1, k)  # positions 1..a accepted, a+1 rejected (if drafted), later unseen
