@@ -111,6 +111,22 @@ class LayerPlan(NamedTuple):
     fetch: np.ndarray  # [n] flat, most tokens first (ties: lower id): the order its misses are fetched in
 
 
+class PassPlan(NamedTuple):
+    """A pass's expert work: its layers' LayerPlans concatenated in layer order, [m] each, and where each
+    layer's run starts and ends. Cut per layer on demand (`layer`): a quiet pass reads a layer of a few
+    experts from lists of the whole pass instead."""
+
+    experts: np.ndarray  # [m]
+    flat: np.ndarray  # [m]
+    cost_s: np.ndarray  # [m]
+    fetch: np.ndarray  # [m]
+    bounds: list[tuple[int, int]]  # [L] (start, end) of each layer's run
+
+    def layer(self, layer: int) -> LayerPlan:
+        a, b = self.bounds[layer]
+        return LayerPlan(self.experts[a:b], self.flat[a:b], self.cost_s[a:b], self.fetch[a:b])
+
+
 FEW_EXPERTS = 8  # a quiet pass takes a layer of at most this many experts one at a time (`_quiet_experts_few`)
 
 
@@ -232,16 +248,12 @@ class Decoder:
             self.m.request(requests)
 
     # ---- one forward pass (prefill or verification) -----------------------------------------------------
-    def _layer_plans(self, counts: np.ndarray) -> list[LayerPlan]:
-        """Per layer of a pass with counts [L, E] tokens per expert: what its expert phase works on."""
+    def _layer_plans(self, counts: np.ndarray) -> PassPlan:
+        """What each layer's expert phase works on in a pass with counts [L, E] tokens per expert."""
         run = self.costs.pass_experts(counts)
         flat = run.layers * self.E + run.experts  # [m]
         fetch = flat[np.lexsort((-run.tokens, run.layers))]  # [m] per layer: most tokens first, stable
-        plans, a = [], 0
-        for b in run.ends:
-            plans.append(LayerPlan(run.experts[a:b], flat[a:b], run.seconds[a:b], fetch[a:b]))
-            a = b
-        return plans
+        return PassPlan(run.experts, flat, run.seconds, fetch, list(zip([0, *run.ends[:-1]], run.ends, strict=True)))
 
     def _pass(self, ids: np.ndarray, context: int, kind: str):
         """Run the target over T tokens with routing ids [T, L, K] after `context` cached tokens."""
@@ -268,7 +280,7 @@ class Decoder:
         if self.rec.enabled:
             self.rec.span(kind, "compute", t_start, env.now, tokens=tokens)
 
-    def _event_pass(self, ids: np.ndarray, plans: list[LayerPlan], layer_s: float):
+    def _event_pass(self, ids: np.ndarray, plans: PassPlan, layer_s: float):
         """The layers of a pass as SimPy events: copies and prefetch decisions interleave with them.
         Returns the compute seconds."""
         env, p, m, step, busy0 = self.env, self.p, self.m, self.step, 0.0
@@ -281,7 +293,7 @@ class Decoder:
             busy0 += env.now - t0
             if self.rec.enabled:
                 self.rec.span(ATTENTION, "compute", t0, env.now, layer)
-            plan = plans[layer]
+            plan = plans.layer(layer)
             p.cache.access(layer, plan.experts)
             predicted = None
             if self.gate_accuracy is not None and layer + 1 < self.L:
@@ -294,7 +306,7 @@ class Decoder:
             m.unpark()
         return busy0
 
-    def _quiet(self, plans: list[LayerPlan]) -> bool:
+    def _quiet(self, plans: PassPlan) -> bool:
         """Can the pass run as plain arithmetic (`_quiet_pass`)? Yes when nothing but the compute stream can
         act: both engines idle, no per-layer prefetch decisions, no timeline, per-expert copies, and every
         layer's experts fit its pool (so a layer's misses all get a slot at once)."""
@@ -302,24 +314,27 @@ class Decoder:
                 or self.whole_layers or not self.quiet_passes or not self.m.idle()):
             return False
         fits = self.p.cache.pool_fits
-        return all(fits(layer, plan.flat.size) for layer, plan in enumerate(plans))
+        return all(fits(layer, b - a) for layer, (a, b) in enumerate(plans.bounds))
 
-    def _quiet_pass(self, plans: list[LayerPlan], layer_s: float, head_s: float) -> tuple[float, float]:
+    def _quiet_pass(self, plans: PassPlan, layer_s: float, head_s: float) -> tuple[float, float]:
         """`_event_pass` and the LM head from now on an idle machine, in plain arithmetic with the same
         floating-point operations as the events would do: a layer's misses start back to back at once
         (nothing else is queued), its experts fold over their landings, the copies land before the next layer.
         Returns (end time, compute seconds)."""
         p, m, cache, step = self.p, self.m, self.p.cache, self.step
         t, busy = self.env.now, 0.0
-        for layer, plan in enumerate(plans):
+        flat, cost, fetch = plans.flat.tolist(), plans.cost_s.tolist(), plans.fetch.tolist()  # [m] each
+        for layer, (a, b) in enumerate(plans.bounds):
             m.progress = (step, layer)
             cache.progress(step, layer)
             p.elb.verify_at(layer)
             t1 = t + m.compute_s(layer_s, t)
             busy += t1 - t
             t = t1
-            few = plan.flat.size <= FEW_EXPERTS
-            t, total = (self._quiet_experts_few if few else self._quiet_experts)(layer, plan, t)
+            if b - a <= FEW_EXPERTS:
+                t, total = self._quiet_experts_few(layer, flat[a:b], cost[a:b], fetch[a:b], t)
+            else:
+                t, total = self._quiet_experts(layer, plans.layer(layer), t)
             busy += total
         t1 = t + m.compute_s(head_s, t)
         return t1, busy + (t1 - t)
@@ -343,12 +358,13 @@ class Decoder:
         cache.release(flat)
         return t, total
 
-    def _quiet_experts_few(self, layer: int, plan: LayerPlan, t: float) -> tuple[float, float]:
-        """_quiet_experts for a layer of a few experts (plain decoding), in scalar arithmetic: the cache's
-        scalar forms, and Python floats in the same operations (numpy_sum for the array's sum)."""
+    def _quiet_experts_few(self, layer: int, flat: list[int], cost: list[float], fetch: list[int],
+                           t: float) -> tuple[float, float]:
+        """_quiet_experts for a layer of a few experts (plain decoding; LayerPlan's fields as lists), in
+        scalar arithmetic: the cache's scalar forms, and Python floats in the same operations (numpy_sum for
+        the array's sum)."""
         cache, m = self.p.cache, self.m
-        flat, cost = plan.flat.tolist(), plan.cost_s.tolist()
-        misses = cache.serve(plan.fetch.tolist())
+        misses = cache.serve(fetch)
         if misses:
             cache.reserve_few(misses)  # all granted: the layer fits its pool (`_quiet`)
             m.copy_back_to_back(layer, misses, t)
