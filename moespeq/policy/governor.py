@@ -237,19 +237,27 @@ class RooflineGovernor(Governor):
         self.last_theta: np.ndarray = np.zeros(cfg.k_max + 1)
         self.overrun = _Ema(np.ones(cfg.k_max), cfg.ema)  # index k - 1: measured / modelled T_cycle(k)
         self._overrun_now: np.ndarray | None = None  # _overrun() until the next overrun update
+        self._tokens_now: np.ndarray | None = None  # _tokens() until the next acceptance update
         self.probe_wait = cfg.probe_interval  # cycles at k = 0 before the next probe at k = 1
         self.probed = False
 
     def _model(self) -> tuple[np.ndarray, np.ndarray]:
         """Expected tokens and T_cycle (seconds) of a cycle at each k = 0..k_max, by the roofline model."""
-        accept = self.accept.estimate()[: self.cfg.k_max]
-        tokens = np.concatenate(([1.0], 1.0 + np.cumsum(np.cumprod(accept))))  # k_accept(k) + 1
+        tokens = self._tokens()
         verify = self.perf.t_verify_routed(self.layers, self.io.distinct.value)
         n_init, n_all = self.io.levels()
         plain = self.plain.estimate()
         if plain is not None:
             n_init[0] = n_all[0] = plain
         return tokens, cycle_times(self.perf, n_init, n_all, verify)
+
+    def _tokens(self) -> np.ndarray:
+        """[k_max + 1] expected tokens of a cycle at k = 0..k_max, k_accept(k) + 1. Kept until a cycle with a
+        draft updates the acceptance estimates (a cycle at k = 0 observes no position)."""
+        if self._tokens_now is None:
+            accept = self.accept.estimate()[: self.cfg.k_max]
+            self._tokens_now = np.concatenate(([1.0], 1.0 + np.cumsum(np.cumprod(accept))))
+        return self._tokens_now
 
     def _overrun(self) -> np.ndarray:
         """[k_max] measured / modelled cycle time of k = 1..k_max: per k where measured, else interpolated.
@@ -291,6 +299,7 @@ class RooflineGovernor(Governor):
         seen = min(accepted + 1, k)  # positions 1..a accepted, a+1 rejected (if drafted), later unseen
         if seen:
             self.accept.observe((np.arange(seen) < accepted).astype(np.float64))
+            self._tokens_now = None
         if resident_at_start is not None:
             self.plain.start_from(resident_at_start)
         if verify_ids is not None:
