@@ -369,8 +369,7 @@ class Decoder:
             cache.reserve_few(misses)  # all granted: the layer fits its pool (`_quiet`)
             m.copy_back_to_back(layer, misses, t)
             total, end = self._fold_times(flat, cost, t)[3:]
-            for f in misses:
-                cache.landed(f)
+            cache.landed(misses)
             if end > t:
                 t = t + (end - t)  # as a timeout of end - now would advance the clock
         else:

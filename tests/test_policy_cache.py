@@ -232,7 +232,7 @@ def test_decay_powers_are_one_table_whatever_the_step():
 @pytest.mark.parametrize("rule", ["lru", "lfu", "lfru", "lookahead", "belady"])
 @pytest.mark.parametrize("capacity", [(14,), (4, 3, 4, 3)])
 def test_scalar_layer_forms_match_the_array_forms(rule, capacity):
-    # serve / reserve_few / landed(f) / release(list) against access + hold + absent / reserve_many /
+    # serve / reserve_few / landed(list) / release(list) against access + hold + absent / reserve_many /
     # landed(array) / release(array), on two caches driven through the same random decoding and prefetches
     layers, experts = 4, 8  # up to 8 experts a layer: the array forms' vector paths too
     rng = np.random.default_rng(len(capacity) * 10 + len(rule))
@@ -282,8 +282,7 @@ def test_scalar_layer_forms_match_the_array_forms(rule, capacity):
             if misses.size:
                 assert arrays.reserve_many(misses) == scalars.reserve_few(misses.tolist())
                 arrays.landed(misses)
-                for f in misses.tolist():
-                    scalars.landed(f)
+                scalars.landed(misses.tolist())
             arrays.release(flat)
             scalars.release(flat.tolist())
             same()

@@ -264,7 +264,8 @@ class ExpertCache:
         if key is None:
             candidates = self._evictable(lo, hi)
             return self.eviction.victims(candidates, lo, min(m, int(np.count_nonzero(candidates)))).tolist()
-        masked = np.where(self._evictable(lo, hi), key, np.inf)  # [hi - lo]
+        masked = key.copy()  # [hi - lo]
+        np.putmask(masked, self.state[lo:hi] <= self._bar[lo:hi], np.inf)  # not _evictable (cheaper than np.where)
         chosen: list[int] = []
         while len(chosen) < m:
             i = int(masked.argmin())
@@ -296,8 +297,13 @@ class ExpertCache:
         self.slot_of[victim] = -1
         self._used[pool] -= 1
 
-    def landed(self, flat: int | np.ndarray) -> None:
-        """Copies of flat (one index, or several demand copies [m]) finished."""
+    def landed(self, flat: int | list[int] | np.ndarray) -> None:
+        """Copies of flat (one index, or several demand copies [m]: a few as a list, one at a time) finished."""
+        if isinstance(flat, list):
+            for f in flat:
+                self.state[f] = RESIDENT
+                self.eviction.on_insert(f, self.clock)
+            return
         self.state[flat] = RESIDENT
         prefetched = False if isinstance(flat, np.ndarray) else bool(self.prefetched[flat])
         self.eviction.on_insert(flat, self.clock, prefetched)

@@ -71,10 +71,14 @@ class EvictionPolicy:
     # ---- told ---------------------------------------------------------------------------------------
     def progress(self, step: int, layer: int) -> None:
         if step != self.step:
-            self._tie = None  # decayed frequencies changed
-            if step + 2 > self.powers.size:  # a key looks at most one step ahead
-                self._grow_powers(2 * (step + 2))
+            self._new_step(step)
         self.step, self.layer = step, layer
+
+    def _new_step(self, step: int) -> None:
+        """Decoding moved to another step (progress is told every layer; this runs once a step)."""
+        self._tie = None  # decayed frequencies changed
+        if step + 2 > self.powers.size:  # a key looks at most one step ahead
+            self._grow_powers(2 * (step + 2))
 
     def _use(self, flat: np.ndarray | int) -> Any:
         """Count a use of flat (one index or [n]) at this step; returns the new decayed frequencies."""
@@ -246,10 +250,10 @@ class _NextUse(EvictionPolicy):
         self._fb_passed = np.zeros(n)  # [L*E] the same as if every layer were passed (next opportunity: step + 1)
         self._fb_step, self._fb_layer = -1, -1
 
-    def progress(self, step: int, layer: int) -> None:
+    def _new_step(self, step: int) -> None:
         if step >= _AGE_LIMIT:
             raise RuntimeError("step passed 2^20: the eviction fallback key would lose age order")
-        super().progress(step, layer)
+        super()._new_step(step)
 
     def _touch(self, flat: np.ndarray | int, clock: int) -> None:
         """Nothing to record: these rules judge age in steps (last_step), never by the access clock."""
