@@ -338,22 +338,25 @@ class _NextUse(EvictionPolicy):
         return freq
 
     def _access_one(self, f: int, clock: int) -> None:
-        # _touch records nothing for these rules and _use of one expert is _use_one: two calls fewer per
-        # expert on plain decoding's hot path
+        # _use_one of an expert used now (age 0) with fewer calls, on plain decoding's hot path (_touch
+        # records nothing for these rules)
         self.last_step[f] = self.step
-        self._use_one(f)
+        freq = EvictionPolicy._use_one(self, f)
+        if self._fb_step == self.step:  # else the keys are rebuilt at the next decision
+            self._repack_one(f, freq, 0)
 
     def _use_one(self, f: int) -> float:
         freq = super()._use_one(f)
-        if self._fb_step == self.step:  # else the keys are rebuilt at the next decision
-            self._repack_one(f, freq)
+        if self._fb_step == self.step:
+            self._repack_one(f, freq, self.step - self.last_step.item(f))
         return freq
 
-    def _repack_one(self, f: int, freq: float) -> None:
-        """_packed for one expert just used (freq_step = step, decayed frequency freq), in scalar arithmetic:
-        its key at the next step always, and at this step only while the pass has not reached its layer
-        (where the packed keys lag behind the pass, `_current_fallback` copies the next step's key too)."""
-        layer, age = f // self.E, self.step - self.last_step.item(f)
+    def _repack_one(self, f: int, freq: float, age: int) -> None:
+        """_packed for one expert just used (freq_step = step, decayed frequency freq, `age` steps since its
+        last access), in scalar arithmetic: its key at the next step always, and at this step only while the
+        pass has not reached its layer (where the packed keys lag behind the pass, `_current_fallback` copies
+        the next step's key too)."""
+        layer = f // self.E
         passed = self._pack(age + 1, min(math.floor(freq * self._decay1_scaled), _FREQ_CAP), 511 - layer - self.L)
         self._fb_passed[f] = passed
         if layer <= self.layer:
