@@ -253,7 +253,8 @@ class Decoder:
         run = self.costs.pass_experts(counts)
         flat = run.layers * self.E + run.experts  # [m]
         fetch = flat[np.lexsort((-run.tokens, run.layers))]  # [m] per layer: most tokens first, stable
-        return PassPlan(run.experts, flat, run.seconds, fetch, list(zip([0, *run.ends[:-1]], run.ends, strict=True)))
+        bounds = list(zip([0, *run.ends[:-1]], run.ends, strict=True))
+        return PassPlan(run.experts, flat, run.seconds, fetch, bounds)
 
     def _pass(self, ids: np.ndarray, context: int, kind: str):
         """Run the target over T tokens with routing ids [T, L, K] after `context` cached tokens."""
@@ -442,8 +443,8 @@ class Decoder:
         """_fold's arithmetic at time t for experts flat [a] with kernel seconds [a]: (order, landing times and
         kernel seconds in that order, total, end)."""
         m, state, land_at = self.m, self.p.cache.state, self.m.land_at
-        land = [t if state[f] == RESIDENT or land_at[f] <= t else float(land_at[f])  # resident: there from the start
-                for f in flat]
+        # resident experts are there from the start
+        land = [t if state[f] == RESIDENT or land_at[f] <= t else float(land_at[f]) for f in flat]
         order = sorted(range(len(land)), key=land.__getitem__)
         scale = m.compute_s(1.0, t)
         land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability

@@ -260,7 +260,8 @@ def test_scalar_layer_forms_match_the_array_forms(rule, capacity):
         for elb in (elb_a, elb_s):
             elb.start(k)
         for _ in range(k):
-            ids, weights = np.stack([rng.choice(experts, 2, replace=False) for _ in range(layers)]), rng.random((layers, 2))
+            ids = np.stack([rng.choice(experts, 2, replace=False) for _ in range(layers)])
+            weights = rng.random((layers, 2))
             elb_a.add(ids, weights)
             elb_s.add(ids, weights)
             f = int(rng.integers(layers * experts))

@@ -11,9 +11,11 @@ slot is in flight) or RESIDENT. The driver (simulator or runtime) tells the cach
                            release), or REFUSED (the rule will not let a prefetch evict any candidate)
   landed(f)                the copy finished
 
-and asks nothing about time. A layer of a few experts (plain decoding: top-K of one token) can go through
-`serve` (access + hold + which are absent) and `reserve_few` instead, the same bookkeeping in scalar
-arithmetic: on a handful of elements NumPy's per-call cost is most of the work (tests compare the two forms). Counters are in `counters` (tests and metrics read them, not private fields).
+and asks nothing about time. Counters are in `counters` (tests and metrics read them, not private fields).
+A layer of a few experts (plain decoding: top-K of one token) can go through `serve` (access + hold + which
+are absent), `reserve_few`, and landed / release of lists instead: the same bookkeeping in scalar
+arithmetic, because on a handful of elements NumPy's per-call cost is most of the work (a test compares
+the two forms).
 
 Usage:
     cache = ExpertCache(layers=32, experts=16, capacity=[113], eviction=make_eviction("lru", 32, 16))
@@ -265,7 +267,7 @@ class ExpertCache:
             candidates = self._evictable(lo, hi)
             return self.eviction.victims(candidates, lo, min(m, int(np.count_nonzero(candidates)))).tolist()
         masked = key.copy()  # [hi - lo]
-        np.putmask(masked, self.state[lo:hi] <= self._bar[lo:hi], np.inf)  # not _evictable (cheaper than np.where)
+        np.putmask(masked, self.state[lo:hi] <= self._bar[lo:hi], np.inf)  # not _evictable (faster than np.where)
         chosen: list[int] = []
         while len(chosen) < m:
             i = int(masked.argmin())
