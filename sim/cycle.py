@@ -113,8 +113,8 @@ class LayerPlan(NamedTuple):
 
 class PassPlan(NamedTuple):
     """A pass's expert work: its layers' LayerPlans concatenated in layer order, [m] each, and where each
-    layer's run starts and ends. Cut per layer on demand (`layer`): a quiet pass reads a layer of a few
-    experts from lists of the whole pass instead."""
+    layer's run starts and ends. Cut per layer on demand (`layer`); a quiet pass reads its layers from lists of
+    the whole pass instead."""
 
     experts: np.ndarray  # [m]
     flat: np.ndarray  # [m]
@@ -125,9 +125,6 @@ class PassPlan(NamedTuple):
     def layer(self, layer: int) -> LayerPlan:
         a, b = self.bounds[layer]
         return LayerPlan(self.experts[a:b], self.flat[a:b], self.cost_s[a:b], self.fetch[a:b])
-
-
-FEW_EXPERTS = 8  # a quiet pass takes a layer of at most this many experts one at a time (`_quiet_experts_few`)
 
 
 def numpy_sum(values: list[float]) -> float:
@@ -332,38 +329,16 @@ class Decoder:
             t1 = t + m.compute_s(layer_s, t)
             busy += t1 - t
             t = t1
-            if b - a <= FEW_EXPERTS:
-                t, total = self._quiet_experts_few(layer, flat[a:b], cost[a:b], fetch[a:b], t)
-            else:
-                t, total = self._quiet_experts(layer, plans.layer(layer), t)
+            t, total = self._quiet_experts(layer, flat[a:b], cost[a:b], fetch[a:b], t)
             busy += total
         t1 = t + m.compute_s(head_s, t)
         return t1, busy + (t1 - t)
 
-    def _quiet_experts(self, layer: int, plan: LayerPlan, t: float) -> tuple[float, float]:
-        """A quiet pass's expert phase of one layer from t: (end time, compute seconds)."""
-        cache, m, flat = self.p.cache, self.m, plan.flat
-        cache.access(layer, plan.experts)
-        cache.hold(flat)
-        misses = plan.fetch[cache.absent(plan.fetch)]
-        if misses.size:
-            cache.reserve_many(misses)  # all granted: the layer fits its pool (`_quiet`)
-            m.copy_back_to_back(layer, misses.tolist(), t)
-            total, end = self._fold_times(flat.tolist(), plan.cost_s.tolist(), t)[3:]
-            cache.landed(misses)
-            if end > t:
-                t = t + (end - t)  # as a timeout of end - now would advance the clock
-        else:
-            total = float(plan.cost_s.sum()) * m.compute_s(1.0, t)
-            t = t + total
-        cache.release(flat)
-        return t, total
-
-    def _quiet_experts_few(self, layer: int, flat: list[int], cost: list[float], fetch: list[int],
-                           t: float) -> tuple[float, float]:
-        """_quiet_experts for a layer of a few experts (plain decoding; LayerPlan's fields as lists), in
-        scalar arithmetic: the cache's scalar forms, and Python floats in the same operations (numpy_sum for
-        the array's sum)."""
+    def _quiet_experts(self, layer: int, flat: list[int], cost: list[float], fetch: list[int],
+                       t: float) -> tuple[float, float]:
+        """A quiet pass's expert phase of one layer from t (LayerPlan's fields as lists): (end time, compute
+        seconds). The cache's scalar forms: a layer has a few experts (plain decoding: top-K of one token),
+        where NumPy's per-call cost would be most of the work; numpy_sum for the array's sum."""
         cache, m = self.p.cache, self.m
         misses = cache.serve(fetch)
         if misses:
