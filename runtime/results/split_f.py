@@ -20,7 +20,10 @@ on runtime/kernel_bench.py's rotated weight copies and routings (each call anoth
 
 Usage (repository root, after `pip install -e .`):
     python3 runtime/results/split_f.py            # writes $OUT/split_f.json, prints the table
-    python3 runtime/results/split_f.py --table runtime/results/split_f_run17_h200.json   # the README's table
+    python3 runtime/results/split_f.py --profile  # Nsight Compute (time_budget.NCU_ARGS) on one launch of the
+        # committed kernel and of the split-F path at PROFILED's parameters, phi-3.5-moe and mixtral-8x7b at T = 1:
+        # $OUT/ncu_split_f.txt
+    python3 runtime/results/split_f.py --table runtime/results/split_f_run17b_h200.json   # the README's table
 """
 
 import json
@@ -158,6 +161,36 @@ def measure(name: str, mods: dict) -> list[dict]:
     return rows
 
 
+# the best split-F parameters of both calls at T = 1 (split_f_run17{a,b}_h200.json)
+PROFILED = {"phi-3.5-moe": LaunchConfig(8, 2, split_f=64), "mixtral-8x7b": LaunchConfig(8, 2, split_f=128)}
+
+
+def profile() -> None:
+    """This script's --ncu launches under run 16's Nsight Compute arguments (clocks as found, L2 flushed)."""
+    import subprocess
+
+    from time_budget import NCU_ARGS
+
+    cmd = [*NCU_ARGS, sys.executable, __file__, "--ncu"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "ncu_split_f.txt").write_text(" ".join(cmd) + "\n" + run.stdout + run.stderr)
+    sys.stdout.write(f"ncu exit {run.returncode}\n")
+
+
+def profile_launches() -> None:
+    import cupy
+
+    for name, cfg in PROFILED.items():
+        lb = build(name)
+        for c in (committed_config(lb.geo, 1), cfg):
+            lb.int4_call(1, c)(0)
+            cupy.cuda.runtime.deviceSynchronize()  # SYNC: one profiled launch at a time
+            sys.stdout.write(f"launch: {name} T=1 {c}\n")
+        del lb
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
 def table(path: str) -> str:
     d = json.loads(Path(path).read_text())
     bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
@@ -182,6 +215,12 @@ def table(path: str) -> str:
 def main() -> None:
     if "--table" in sys.argv:
         sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
+        return
+    if "--profile" in sys.argv:
+        profile()
+        return
+    if "--ncu" in sys.argv:
+        profile_launches()
         return
     import cupy
 
