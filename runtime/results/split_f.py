@@ -162,7 +162,8 @@ def measure(name: str, mods: dict) -> list[dict]:
 
 
 # the best split-F parameters of both calls at T = 1 (split_f_run17{a,b}_h200.json)
-PROFILED = {"phi-3.5-moe": LaunchConfig(8, 2, split_f=64), "mixtral-8x7b": LaunchConfig(8, 2, split_f=128)}
+PROFILED = {"phi-3.5-moe": {"warps": 8, "blocks_per_sm": 2, "split_f": 64},
+            "mixtral-8x7b": {"warps": 8, "blocks_per_sm": 2, "split_f": 128}}
 
 
 def profile() -> None:
@@ -183,7 +184,7 @@ def profile_launches() -> None:
 
     for name, cfg in PROFILED.items():
         lb = build(name)
-        for c in (committed_config(lb.geo, 1), cfg):
+        for c in (committed_config(lb.geo, 1), LaunchConfig(**cfg)):
             lb.int4_call(1, c)(0)
             cupy.cuda.runtime.deviceSynchronize()  # SYNC: one profiled launch at a time
             sys.stdout.write(f"launch: {name} T=1 {c}\n")
@@ -192,23 +193,30 @@ def profile_launches() -> None:
 
 
 def table(path: str) -> str:
+    """Markdown: the committed kernel against the best split-F candidate per model and T (GB/s and % of this call's
+    2 GiB device copy, speedup over run 13's cupy.matmul), then the -D variants at that candidate."""
     d = json.loads(Path(path).read_text())
     bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
     mm = {(b["model"], b["tokens"]): b["cupy.matmul_us"] for b in bench["rows"]}
     hbm = d["hbm_copy_gbps_2gib"]
-    out = ("| model | T | committed µs | % HBM | best split-F | µs | % | GB/s | % HBM | speedup over cupy.matmul (run 13) "
-           "committed / split-F |\n" + "|---" * 10 + "|\n")
+    out = ("| model | T | committed µs | % HBM | best split-F | µs | % | % HBM | speedup over cupy.matmul (run 13): "
+           "committed / split-F |\n" + "|---" * 9 + "|\n")
     for r in d["rows"]:
         c, b = r["median_us"]["committed"], r["best_split_f"]
         frac = 100 * r["mean_bytes"] / c / 1e3 / hbm
-        m = mm.get((r["model"], r["tokens"]))
         if b is None:
-            out += f"| {r['model']} | {r['tokens']} | {c:.1f} | {frac:.1f} | - | - | - | - | - | - |\n"
+            out += f"| {r['model']} | {r['tokens']} | {c:.1f} | {frac:.1f} | - | - | - | - | - |\n"
             continue
-        s = r["median_us"][b]
+        s, m = r["median_us"][b], mm.get((r["model"], r["tokens"]))
         speed = f"{m / c:.2f} / {m / s:.2f}" if m else "-"
         out += (f"| {r['model']} | {r['tokens']} | {c:.1f} | {frac:.1f} | {b} | {s:.1f} | {100 * (s / c - 1):+.1f} | "
-                f"{r['mean_bytes'] / s / 1e3:.0f} | {100 * r['mean_bytes'] / s / 1e3 / hbm:.1f} | {speed} |\n")
+                f"{100 * r['mean_bytes'] / s / 1e3 / hbm:.1f} | {speed} |\n")
+    rows = [r for r in d["rows"] if r["best_split_f"]]
+    names = list(rows[0]["variants_median_us"])
+    out += ("\n| model | T | at | " + " | ".join(names) + " |\n" + "|---" * (len(names) + 3) + "|\n")
+    for r in rows:
+        v = r["variants_median_us"]
+        out += f"| {r['model']} | {r['tokens']} | {r['best_split_f']} | " + " | ".join(f"{v[n]:.1f}" for n in names) + " |\n"
     return out
 
 
