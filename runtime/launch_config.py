@@ -38,22 +38,17 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
 KERNELS = ("moe_int4", "moe_bf16")
 _KEY = re.compile(r"D=\d+,F=\d+,E=\d+,K=\d+")
-SPLIT_F_ROWS = (64, 128)  # F rows per item of the split-F path (int4_moe.cu's entries)
-SPLIT_F_MAX_TOKENS = 8  # SPLITF_MAX_TOKENS
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """warps per block; blocks per SM of the persistent grid; splits of F in the down projection; warps
-    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time); split_f: 0 for
-    the two-phase INT4 kernel, else the F rows per item of its split-F path (T <= SPLIT_F_MAX_TOKENS; the k
-    split follows from warps and split_f, so down_splits and k_splits stay 1)."""
+    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time)."""
 
     warps: int = 4
     blocks_per_sm: int = 2
     down_splits: int = 1
     k_splits: int = 1
-    split_f: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.warps <= MAX_WARPS:
@@ -64,23 +59,9 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.down_splits={self.down_splits}: use 1..64")
         if self.k_splits < 1 or self.warps % self.k_splits:
             raise ValueError(f"LaunchConfig.k_splits={self.k_splits}: must divide warps={self.warps}")
-        if self.split_f not in (0, *SPLIT_F_ROWS):
-            raise ValueError(f"LaunchConfig.split_f={self.split_f}: use 0 or one of {SPLIT_F_ROWS}")
-        if self.split_f and (self.down_splits, self.k_splits) != (1, 1):
-            raise ValueError("LaunchConfig.split_f: down_splits and k_splits must be 1 (the path derives its k split)")
-        if self.split_f and (16 * self.warps) % self.split_f and self.split_f % (16 * self.warps):
-            raise ValueError(f"LaunchConfig.split_f={self.split_f}: its 16-row tiles and warps={self.warps} must "
-                             f"divide one another")
-
-    def serves(self, tokens: int) -> bool:
-        """Whether this configuration can launch `tokens` tokens (the split-F path only up to its maximum)."""
-        return not self.split_f or tokens <= SPLIT_F_MAX_TOKENS
 
     def to_dict(self) -> dict[str, int]:
-        data = asdict(self)
-        if not self.split_f:
-            del data["split_f"]  # files of the two-phase kernel read as before
-        return data
+        return asdict(self)
 
 
 DEFAULT_CONFIG = LaunchConfig()
@@ -136,12 +117,8 @@ def launch_config(kernel: str, device_name: str, geometry: ExpertGeometry, token
         _warn_once(f"no tuned {kernel} launch parameters for {key} on {device_name} "
                    f"in {path}; using {DEFAULT_CONFIG} (run `moespeq calibrate` to tune)")
         return DEFAULT_CONFIG
-    served = {t: LaunchConfig(**cfg) for t, cfg in table.items() if LaunchConfig(**cfg).serves(tokens)}
-    if not served:
-        _warn_once(f"no tuned {kernel} launch parameters for {key} on {device_name} serve {tokens} tokens; "
-                   f"using {DEFAULT_CONFIG}")
-        return DEFAULT_CONFIG
-    return served[min(served, key=lambda t: (abs(int(t) - tokens), int(t)))]
+    nearest = min(table, key=lambda t: (abs(int(t) - tokens), int(t)))
+    return LaunchConfig(**table[nearest])
 
 
 def write_configs(device_name: str, source: str, best: dict[str, dict[str, dict[str, LaunchConfig]]],

@@ -22,7 +22,7 @@ import numpy as np
 
 from moespeq.runtime.int4_pack import Int4Experts
 from moespeq.runtime.kernel_source import kernel_source
-from moespeq.runtime.launch_config import SPLIT_F_MAX_TOKENS, LaunchConfig
+from moespeq.runtime.launch_config import LaunchConfig
 from moespeq.runtime.layout import ExpertGeometry, SlotArena
 
 log = logging.getLogger(__name__)
@@ -67,26 +67,22 @@ def device_info() -> DeviceInfo:
 
 @functools.cache
 def occupancy(kernel: cupy.RawKernel, warps: int) -> int:
-    """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads), no more than the driver
-    counts: the split-F path's grid barrier needs every block of a grid this size resident at once."""
+    """Blocks of `warps` warps that fit on one SM (registers, shared memory, threads)."""
     assert 32 * warps <= kernel.max_threads_per_block, (warps, kernel.max_threads_per_block)  # once per kernel and size
     dev = device_info()
     regs_per_warp = -(-kernel.num_regs * 32 // 256) * 256  # allocated in units of 256 per warp
     by_regs = dev.regs_per_sm // (regs_per_warp * warps)
     by_smem = dev.smem_per_sm_bytes // (kernel.shared_size_bytes + 1024)  # 1 KiB reserved per block
     by_threads = dev.max_threads_per_sm // (32 * warps)
-    by_driver = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, 32 * warps, 0)
-    return max(1, min(by_regs, by_smem, by_threads, by_driver))
+    return max(1, min(by_regs, by_smem, by_threads))
 
 
 class MoeWorkspace:
     """Scratch of the MoE kernels for one geometry and one stream; the kernels re-arm its counters.
 
     hbuf [U, 16, F] bf16 bits: SiLU(gate) * up per expert in use and token;
-    partial fp32: down-projection partials, [D/16, U, max_splits, 256] (two-phase path) or, for the split-F
-    path, [pairs <= 8 K, F/64, D] at most;
-    counters [4 + D/16 + U] int32: ticket, blocks done (split-F), exits, error flags, per row tile, per expert
-    phase 1 done.
+    partial [D/16, U, max_splits, 256] fp32: down-projection partials;
+    counters [4 + D/16 + U] int32: ticket, exits, error flags, per row tile, per expert phase 1 done.
     """
 
     def __init__(self, geometry: ExpertGeometry, max_splits: int = 16):
@@ -94,8 +90,7 @@ class MoeWorkspace:
         self.geometry = geometry
         self.max_splits = max_splits
         self.hbuf = cupy.zeros((u, 16, f), dtype=cupy.uint16)
-        split_f = min(geometry.max_tokens, SPLIT_F_MAX_TOKENS) * geometry.top_k * (f // 64) * d
-        self.partial = cupy.zeros(max(d // 16 * u * max_splits * 256, split_f), dtype=cupy.float32)
+        self.partial = cupy.zeros(d // 16 * u * max_splits * 256, dtype=cupy.float32)
         self.counters = cupy.zeros(_CTR_ROWS + d // 16 + u, dtype=cupy.int32)
 
     def errors(self) -> list[str]:
@@ -126,14 +121,6 @@ def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: Mo
     return grid, block, shared_mem
 
 
-def int4_function(config: LaunchConfig, tokens: int) -> str:
-    """The int4_moe.cu entry that runs `tokens` tokens at `config`."""
-    if config.split_f:
-        assert config.serves(tokens), (config, tokens)  # launch_config() gives only serving configurations
-        return f"moe_int4_split_f{config.split_f}"
-    return "moe_int4_t8" if tokens <= 8 else "moe_int4_t16"
-
-
 def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, workspace: MoeWorkspace, out: Any,
                     config: LaunchConfig) -> Any:
     """Fused INT4 MoE layer on the current stream.
@@ -147,7 +134,7 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
     for m in (experts.gate, experts.up, experts.down):
         assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
         assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
-    kernel = get_kernel("int4_moe", int4_function(config, tokens))
+    kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
     grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
             experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,

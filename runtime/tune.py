@@ -1,9 +1,8 @@
 """Launch-parameter search for the MoE kernels: time every candidate, keep the fastest (CuPy only).
 
 Candidates: 4 or 8 warps per block with 1, 2, 4 or (8 warps) 8 of them per row tile, the most blocks per SM that fit
-and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split); for the INT4
-kernel at T <= 8 also its split-F path: 4 or 8 warps, 64 or 128 F rows per item, the most blocks per SM and one
-fewer. The result goes to runtime/configs/<device>.json through launch_config.write_configs.
+and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split). The result goes to runtime/configs/<device>.json
+through launch_config.write_configs.
 
 Usage:
     best = tune(layer_bench, "moe_int4", tokens=(1, 4, 8))   # {tokens: (LaunchConfig, seconds)}
@@ -15,8 +14,8 @@ import logging
 from collections.abc import Sequence
 
 from moespeq.runtime.kernel_bench import LayerBench
-from moespeq.runtime.launch_config import SPLIT_F_ROWS, LaunchConfig
-from moespeq.runtime.moe_kernels import get_kernel, int4_function, occupancy
+from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.moe_kernels import get_kernel, occupancy
 from moespeq.runtime.timing import median_time_s
 
 log = logging.getLogger(__name__)
@@ -34,19 +33,6 @@ def candidates(kernel: str, tokens: int, moe_ffn: int, max_splits: int) -> list[
         most = min(4, occupancy(fn, warps))
         out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
                 for blocks in sorted({max(1, most - 1), most}) for j in splits]
-    return out + (split_f_candidates(tokens) if kernel == "moe_int4" else [])
-
-
-def split_f_candidates(tokens: int) -> list[LaunchConfig]:
-    """The INT4 kernel's split-F path, where it serves `tokens`."""
-    out = []
-    for rows in SPLIT_F_ROWS:
-        for warps in (4, 8):
-            probe = LaunchConfig(warps, 1, split_f=rows)
-            if not probe.serves(tokens):
-                return []
-            most = min(4, occupancy(get_kernel("int4_moe", int4_function(probe, tokens)), warps))
-            out += [LaunchConfig(warps, blocks, split_f=rows) for blocks in sorted({max(1, most - 1), most})]
     return out
 
 

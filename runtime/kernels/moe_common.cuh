@@ -130,12 +130,6 @@ __device__ __forceinline__ float4 ld_l2f4(const float4* p) {
     return v;
 }
 
-__device__ __forceinline__ float ld_l2f(const float* p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-
 __device__ __forceinline__ int ld_acquire(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");

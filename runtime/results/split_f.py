@@ -1,18 +1,21 @@
-"""Run 17's measurement (runtime/results/split_f_run17_h200.json): the INT4 kernel's split-F path against the
-committed two-phase kernel, side by side in one H200 call, on the four benchmark models at T = 1, 2, 4, 8 (16:
-the committed kernel alone, which the split-F path does not serve).
+"""Run 17's measurement (runtime/results/split_f_run17{a,b}_h200.json, two H200 calls): the INT4 kernel's split-F
+path against the committed two-phase kernel, side by side in each call, on the four benchmark models at T = 1, 2,
+4, 8 (16: the committed kernel alone, which the split-F path does not serve).
 
-committed  the two-phase kernel at the launch parameters of runtime/configs/NVIDIA_H200.json as committed on main
-           (`git show 48d87d3:runtime/configs/NVIDIA_H200.json`, read from SOURCE_CONFIGS).
+The split-F path (int4_moe.cu's moe_split_f, LaunchConfig.split_f, tune.split_f_candidates and its gpu tests) is
+in commit 7da82d4 only; the next commit removed it, so run this script there (`git checkout 7da82d4`); --table works
+anywhere.
+committed  the two-phase kernel at the launch parameters of runtime/configs/NVIDIA_H200.json (run 13's tuning; the
+           two calls read a copy of it, committed_configs_run17.json of 7da82d4, with the same contents).
 split_f    the split-F path at every candidate of the tuner (runtime/tune.py: 4 or 8 warps, 64 or 128 F rows per
            item, the most blocks per SM that fit and one fewer); the best is reported beside the committed kernel.
-variants  the best split-F candidate of each model and T compiled again with -D switches (int4_moe.cu of the commit
-           that added this script), timed in further alternating rounds beside it and the committed kernel:
+variants   the best split-F candidate of each model and T compiled again with -D switches (int4_moe.cu of
+           7da82d4), timed in further alternating rounds beside it and the committed kernel:
            red8 (-DMOE_SPLIT_F_RED_BATCH=8: 8 partials per lane in flight in the reduction instead of 16),
            idle_pf (-DMOE_SPLIT_F_IDLE_PF=1: blocks without an item prefetch the items' down slices into L2),
            depth_a3 (-DMOE_INT4_DEPTH1=3: 3 gate/up groups in flight per warp instead of 2) and nored
            (-DMOE_SPLIT_F_DIAG_NORED=1: no grid barrier and no reduction; y is not written, timing only).
-           The first call of this script (split_f_run17a_h200.json) had depth8 (-DMOE_SPLIT_F_DEPTH=8: 8 down
+           The first call (split_f_run17a_h200.json, the code of 89ff2ff) had depth8 (-DMOE_SPLIT_F_DEPTH=8: 8 down
            units in flight per warp instead of 4) in place of these, and a reduction of 8 partials in flight.
 Every candidate is first checked on three routings against the reference (rel err <= 1e-2, every output written,
 counters re-armed, a rerun bit-identical). Times alternate candidate by candidate over ROUNDS rounds of ITERS calls
@@ -33,7 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dequant_views import build, call_of  # noqa: E402 - run 13's INT4-only layer bench and a launch of any entry
+from dequant_views import build, call_of, committed_config  # noqa: E402 - run 13's INT4-only layer bench, launch
 from small_t_levers import rel_err  # noqa: E402
 
 from moespeq.runtime.launch_config import LaunchConfig  # noqa: E402
@@ -42,15 +45,8 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 TOKENS = (1, 2, 4, 8, 16)
 ROUNDS, ITERS = 5, 100
-SOURCE_CONFIGS = Path(__file__).parent / "committed_configs_run17.json"
 VARIANTS = {"red8": ("-DMOE_SPLIT_F_RED_BATCH=8",), "idle_pf": ("-DMOE_SPLIT_F_IDLE_PF=1",),
             "depth_a3": ("-DMOE_INT4_DEPTH1=3",), "nored": ("-DMOE_SPLIT_F_DIAG_NORED=1",)}
-
-
-def committed_config(geo, tokens: int) -> LaunchConfig:
-    table = json.loads(SOURCE_CONFIGS.read_text())["kernels"]["moe_int4"][
-        f"D={geo.hidden},F={geo.moe_ffn},E={geo.experts},K={geo.top_k}"]
-    return LaunchConfig(**table[min(table, key=lambda t: (abs(int(t) - tokens), int(t)))])
 
 
 def references(lb, tokens: int) -> list:
