@@ -156,6 +156,7 @@ class Decoder:
         spec = trace.meta.model
         self.L, self.E, self.K = spec.moe_layers, spec.experts, spec.top_k
         self._offsets = np.arange(self.L)[None, :, None] * self.E  # [1, L, 1]
+        self._rows = np.arange(self.L)[:, None]  # [L, 1]
         self.gate_accuracy = policies.config.prefetch.gate_accuracy if policies.config.prefetch.kind == "gate" else None
         self.step = 0
         self.row_bytes = self.L * self.K * 4  # int16 ids + bf16 gate weights of one draft forward
@@ -225,7 +226,7 @@ class Decoder:
 
     def _count_new(self, verify_ids: np.ndarray, resident: np.ndarray) -> None:
         """Experts the cycle needed that were not resident at its start: of x_0, and of all k + 1 inputs."""
-        rows = np.arange(self.L)[:, None]
+        rows = self._rows
         need = np.zeros((self.L, self.E), dtype=bool)
         need[rows, verify_ids[0]] = True
         self.stats.new_first += int(np.count_nonzero(need & ~resident))

@@ -151,12 +151,15 @@ def test_verify_time_follows_the_measured_number_of_experts():
 
 @pytest.mark.parametrize("ema", [0.05, 0.3, 0.9])
 def test_ema_update_of_one_index_is_the_array_update(ema):
+    # update of several indices (the array arithmetic; one index goes to update_one) against update_one of each
     rng = np.random.default_rng(int(ema * 100))
     arrays, scalars = _Ema(rng.random(4), ema), _Ema(rng.random(4), ema)
     scalars.value[:] = arrays.value
     for _ in range(300):
-        i, x = int(rng.integers(4)), float(rng.choice([rng.random() * 100, rng.integers(0, 30)]))
-        arrays.update(np.array([i]), np.array([x]))
-        scalars.update_one(i, x)
+        index = rng.choice(4, int(rng.integers(1, 5)), replace=False)
+        x = np.array([float(rng.choice([rng.random() * 100, rng.integers(0, 30)])) for _ in index])
+        arrays.update(index, x)
+        for i, xi in zip(index.tolist(), x.tolist(), strict=True):
+            scalars.update_one(i, xi)
         np.testing.assert_array_equal(arrays.n, scalars.n)
         np.testing.assert_array_equal(arrays.value, scalars.value)

@@ -71,3 +71,24 @@ def test_elb_scheduler_phases():
     # Phase III: everything else predicted
     assert sorted((r[1], r[2]) for r in out[2]) == [(0, 2), (1, 2), (1, 3), (2, 0), (2, 3)]
     assert sched.phase_counts == [2, 1, 5]
+
+
+def test_elb_start_empties_it_whatever_came_before():
+    # start() skips clearing a buffer nothing was added to since the last start: after any history the buffer
+    # must read as a fresh one
+    layers, experts = 3, 5
+    rng = np.random.default_rng(11)
+    elb = ExpertLookaheadBuffer(layers, experts)
+    fresh = ExpertLookaheadBuffer(layers, experts)
+    for _ in range(30):
+        k = int(rng.integers(0, 3))
+        elb.start(k)
+        fresh.start(k)
+        for name in ("mask", "reuse", "confidence", "first_row", "_predicted_layer"):
+            np.testing.assert_array_equal(getattr(elb, name), getattr(fresh, name), err_msg=name)
+        np.testing.assert_array_equal(elb.next_use(), fresh.next_use())
+        assert (elb.k, elb.rows, elb.verify_layer) == (fresh.k, fresh.rows, fresh.verify_layer)
+        for _ in range(int(rng.integers(0, 2)) * k):
+            elb.add(np.stack([rng.choice(experts, 2, replace=False) for _ in range(layers)]), rng.random((layers, 2)))
+        for layer in range(int(rng.integers(0, layers + 1))):
+            elb.verify_at(layer)

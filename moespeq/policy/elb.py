@@ -44,12 +44,13 @@ class ExpertLookaheadBuffer:
 
     def start(self, k: int) -> None:
         """Empty the buffer for a cycle of draft length k."""
-        self.mask[:] = False
-        self.reuse[:] = 0
-        self.confidence[:] = 0.0
-        self.first_row[:] = FAR
-        self._predicted_layer[:] = -1
-        self._next_use[:] = FAR
+        if self.rows:  # else nothing was added since it was last emptied (plain decoding: most cycles)
+            self.mask[:] = False
+            self.reuse[:] = 0
+            self.confidence[:] = 0.0
+            self.first_row[:] = FAR
+            self._predicted_layer[:] = -1
+            self._next_use[:] = FAR
         self.k, self.rows, self.verify_layer = k, 0, -1
 
     def add(self, ids: np.ndarray, weights: np.ndarray) -> None:

@@ -79,6 +79,9 @@ class _Ema:
         self.ema = ema
 
     def update(self, index: np.ndarray, x: np.ndarray) -> None:
+        if index.size == 1:  # most updates (a cycle without a draft verifies one token): NumPy's per-call cost
+            self.update_one(int(index[0]), float(x[0]))
+            return
         self.n[index] += 1
         alpha = np.maximum(self.ema, 1.0 / self.n[index])
         self.value[index] += alpha * (x - self.value[index])
@@ -148,15 +151,15 @@ class NewExpertEstimator:
         self.shape = _Ema(distinct / distinct[0], ema)
         self.distinct = _Ema(experts * distinct, ema)  # [T] distinct experts per layer that T tokens need
         self.E = experts
+        self.rows = np.arange(layers)[:, None]  # [L, 1]
 
     def observe(self, verify_ids: np.ndarray, resident: np.ndarray) -> None:
         """verify_ids [T, L, K] of a finished cycle (draft length T - 1); resident [L, E] at its start."""
         n_tok, layers = verify_ids.shape[:2]
         seen = np.zeros((layers, self.E), dtype=bool)
-        rows = np.arange(layers)[:, None]
         new, distinct = np.empty(n_tok), np.empty(n_tok)
         for t in range(n_tok):
-            seen[rows, verify_ids[t]] = True
+            seen[self.rows, verify_ids[t]] = True
             new[t] = np.count_nonzero(seen & ~resident)
             distinct[t] = np.count_nonzero(seen) / layers
         self.level.update_one(0, float(new[0]))
@@ -191,8 +194,9 @@ class PlainDecodeShadow:
         self.misses = _Ema(np.zeros(1), ema)
         self.rows = np.arange(layers)[:, None]
 
-    def _resident(self) -> np.ndarray:
-        """[L, E] which experts an LRU of this capacity holds now."""
+    def _oldest_resident(self) -> np.ndarray:
+        """The least recent last use an expert the LRU holds now can have: one value, or [L, 1] per layer (an
+        expert is held when its last use is at least this)."""
         if self.capacity.size == 1:
             slots = int(min(self.capacity[0], self.last_use.size))
             threshold = np.partition(self.last_use, -slots, axis=None)[-slots] if slots else np.iinfo(np.int64).max
@@ -201,7 +205,7 @@ class PlainDecodeShadow:
             per_layer = np.minimum(self.capacity, self.last_use.shape[1])
             threshold = np.where(per_layer > 0, ranked[np.arange(per_layer.size), np.maximum(per_layer - 1, 0)],
                                  np.iinfo(np.int64).max)[:, None]
-        return self.last_use >= np.maximum(threshold, 0)
+        return np.maximum(threshold, 0)
 
     def start_from(self, resident: np.ndarray) -> None:
         """Begin with the real cache's contents (resident [L, E]), as if just used, once, before any token."""
@@ -213,7 +217,7 @@ class PlainDecodeShadow:
     def observe(self, path_ids: np.ndarray) -> None:
         """path_ids [T, L, K]: the routing of a cycle's accepted tokens, in decoding order."""
         for ids in path_ids:
-            missed = int(np.count_nonzero(~self._resident()[self.rows, ids]))
+            missed = int(np.count_nonzero(self.last_use[self.rows, ids] < self._oldest_resident()))
             self.misses.update_one(0, missed)
             self.last_use[self.rows, ids] = self.clock + np.arange(ids.size).reshape(ids.shape)
             self.clock += ids.size

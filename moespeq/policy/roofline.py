@@ -26,8 +26,8 @@ Usage:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,9 @@ class PerfModel:
     verify_layer_s: tuple[float, ...] = ()  # one verify layer for T tokens (index T - 1); scheduler budgets
     verify_distinct: tuple[float, ...] = ()  # experts per layer that verify_s assumes for T tokens (index T - 1)
     expert_s: float = 0.0  # one more expert in a verify layer (its weights read once for its few tokens)
+    # the model's constant terms per length (T_draft(k) for k < n, T_verify(T) for T <= n, verify_distinct), built
+    # on first use: the governor asks for the same lengths every cycle. Not part of the model's value.
+    _tables: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.verify_s or min(self.verify_s) <= 0:
@@ -68,14 +71,30 @@ class PerfModel:
         slope = table[-1] - table[-2] if len(table) > 1 else table[-1]
         return table[-1] + (tokens - len(table)) * slope
 
+    def _table(self, name: str, n: int, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """The constant array `name` of length n, built once (callers must not modify it)."""
+        table = self._tables.get((name, n))
+        if table is None:
+            table = self._tables[(name, n)] = build()
+        return table
+
+    def t_draft_table(self, n: int) -> np.ndarray:
+        """[n] T_draft(k) for k = 0..n-1 (0 for k = 0)."""
+        def build() -> np.ndarray:
+            k = np.arange(n)
+            return np.where(k > 0, self.draft_base_s + k * self.draft_token_s, 0.0)
+        return self._table("draft", n, build)
+
     def t_verify_routed(self, layers: int, distinct: np.ndarray) -> np.ndarray:
         """T_verify(T) for T = 1..len(distinct) when T tokens need distinct[T - 1] experts per layer instead
         of the number verify_s assumes (real routing repeats experts across consecutive tokens more than
         uniform routing does); as profiled past the table of assumed counts."""
-        base = np.array([self.t_verify(t) for t in range(1, len(distinct) + 1)])
+        base = self._table("verify", len(distinct),
+                           lambda: np.array([self.t_verify(t) for t in range(1, len(distinct) + 1)]))
         n = min(len(self.verify_distinct), len(distinct))
+        assumed = self._table("verify_distinct", n, lambda: np.asarray(self.verify_distinct[:n]))
         extra = np.zeros(len(distinct))
-        extra[:n] = layers * (np.asarray(distinct[:n]) - np.asarray(self.verify_distinct[:n])) * self.expert_s
+        extra[:n] = layers * (np.asarray(distinct[:n]) - assumed) * self.expert_s
         return base + extra
 
     def t_verify_layer(self, tokens: int) -> float:
@@ -92,8 +111,7 @@ def k_accept(accept: Sequence[float] | np.ndarray, k: int) -> float:
 def cycle_times(perf: PerfModel, n_init: np.ndarray, n_all: np.ndarray, t_verify: np.ndarray) -> np.ndarray:
     """T_cycle(k) for k = 0..K-1 at once: n_init[k] and n_all[k] new experts of the first and of all k + 1
     verified tokens, t_verify[k] = T_verify(k + 1)."""
-    k = np.arange(len(n_init))
-    draft = np.where(k > 0, perf.draft_base_s + k * perf.draft_token_s, 0.0)
+    draft = perf.t_draft_table(len(n_init))
     t_new = perf.pcie_overhead_s + np.maximum(n_all - n_init, 0.0) * perf.copy_s
     return np.maximum(draft, n_init * perf.copy_s) + t_new + t_verify
 
