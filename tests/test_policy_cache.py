@@ -188,6 +188,7 @@ def test_lookahead_packed_order_matches_the_plain_keys(tie_break, decay):
 
     def check(lo=0, hi=layers * experts):
         candidates = (cache.state[lo:hi] == RESIDENT) & ~cache.held[lo:hi]
+        np.testing.assert_array_equal(cache._evictable(lo, hi), candidates)
         if candidates.any():
             assert rule.victim(candidates, lo) == reference.victim(rule, candidates, lo)
             m = int(candidates.sum())
@@ -246,8 +247,11 @@ def test_scalar_layer_forms_match_the_array_forms(rule, capacity):
     (elb_a, arrays), (elb_s, scalars) = make(), make()
 
     def same():
-        for name in ("state", "slot_of", "prefetched", "_bar"):
+        for name in ("state", "slot_of", "prefetched", "held", "_unevictable"):
             np.testing.assert_array_equal(getattr(arrays, name), getattr(scalars, name), err_msg=name)
+        # the victim search's mask is exactly "resident and not held"
+        evictable = (arrays.state == RESIDENT) & ~arrays.held
+        np.testing.assert_array_equal(arrays._unevictable, np.where(evictable, 0.0, np.inf))
         assert arrays.counters == scalars.counters and arrays.clock == scalars.clock
         for name in ("last_use", "count", "freq", "freq_step", "last_step"):
             np.testing.assert_array_equal(getattr(arrays.eviction, name), getattr(scalars.eviction, name),

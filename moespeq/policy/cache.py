@@ -84,11 +84,19 @@ class ExpertCache:
             raise ValueError(f"capacity {list(capacity)}: one global size or one size per layer, each >= 1")
         self.L, self.E, self.eviction = layers, experts, eviction
         n = layers * experts
-        self.state = np.zeros(n, dtype=np.int8)
-        # an expert is evictable when its state exceeds this bar: RESIDENT (2) > 1, unless held (bar 2); one
-        # comparison finds a pool's evictable experts (it runs at every eviction)
-        self._bar = np.ones(n, dtype=np.int8)
-        self.prefetched = np.zeros(n, dtype=bool)  # loaded by a prefetcher and not used yet
+        # The per-expert flags are bytearrays with NumPy views of the same memory: the views for whole-pool and
+        # whole-layer work, the bytearrays (*_items) for one expert at a time, which Python indexes several times
+        # faster than NumPy (the scalar forms below touch them a few times per expert)
+        self._state_items = bytearray(n)
+        self.state = np.frombuffer(self._state_items, dtype=np.int8)  # ABSENT, LOADING or RESIDENT
+        self._held_items = bytearray(n)
+        self.held = np.frombuffer(self._held_items, dtype=bool)  # held by the running layer: never evicted
+        self._prefetched_items = bytearray(n)
+        self.prefetched = np.frombuffer(self._prefetched_items, dtype=bool)  # loaded by a prefetcher, not used yet
+        # 0.0 where an expert may be evicted (resident and not held), else inf: added to an eviction key it masks
+        # out the rest in one operation (the victim search runs at almost every miss); every change of state or
+        # held updates it
+        self._unevictable = np.full(n, np.inf)
         self.slot_of = np.full(n, -1, dtype=np.int32)
         self.per_layer = len(capacity) == layers and layers > 1
         caps = [min(c, experts if self.per_layer else n) for c in capacity]
@@ -141,27 +149,28 @@ class ExpertCache:
 
     def _evictable(self, lo: int, hi: int) -> np.ndarray:
         """[hi - lo] bool: resident and not held, of experts lo..hi (one pool)."""
-        return self.state[lo:hi] > self._bar[lo:hi]
-
-    @property
-    def held(self) -> np.ndarray:
-        """[L*E] bool: held by the running layer."""
-        return self._bar == 2
+        return self._unevictable[lo:hi] == 0.0
 
     def hold(self, flat: np.ndarray) -> None:
-        self._bar[flat] = 2
+        self.held[flat] = True
+        self._unevictable[flat] = np.inf
 
     def release(self, flat: np.ndarray | list[int]) -> None:
         if isinstance(flat, list):  # a few experts (`serve`): no array to build
+            state, held, unevictable = self._state_items, self._held_items, self._unevictable
             for f in flat:
-                self._bar[f] = 1
+                held[f] = False
+                if state[f] == RESIDENT:
+                    unevictable[f] = 0.0
         else:
-            self._bar[flat] = 1
+            self.held[flat] = False
+            self._unevictable[flat] = np.where(self.state[flat] == _RESIDENT, 0.0, np.inf)
 
     def serve(self, flat: list[int]) -> list[int]:
         """access, then hold, of one layer's few distinct experts flat [n] (in any order), one at a time;
         returns the absent ones in the order given."""
-        state, prefetched, bar, c = self.state, self.prefetched, self._bar, self.counters
+        state, prefetched, held = self._state_items, self._prefetched_items, self._held_items
+        unevictable, c = self._unevictable, self.counters
         absent, hits = [], 0
         for f in flat:
             s = state[f]
@@ -174,7 +183,8 @@ class ExpertCache:
                 if s == RESIDENT:
                     c.prefetch_timely += 1
                 prefetched[f] = False
-            bar[f] = 2
+            held[f] = True
+            unevictable[f] = np.inf
         c.needed += len(flat)
         c.hits += hits
         self.eviction.on_access(flat, self.clock)
@@ -196,7 +206,7 @@ class ExpertCache:
             victim = self.eviction.victim(candidates, lo)
             if not demand and not self.eviction.admit(flat, victim):
                 return REFUSED, victim
-            self._evict(victim)
+            self._evict(victim, pool)
         self._used[pool] += 1
         self.state[flat] = LOADING
         self.slot_of[flat] = self._free[pool].pop()
@@ -247,13 +257,14 @@ class ExpertCache:
         need = len(flat) - max(self.capacity[pool] - self._used[pool], 0)
         victims = self._victims(pool, need) if need > 0 else []
         for victim in victims:
-            self._evict(victim)
+            self._evict(victim, pool)
         granted = min(len(flat), self.capacity[pool] - self._used[pool])
         free_list = self._free[pool]
+        state, prefetched, slot_of = self._state_items, self._prefetched_items, self.slot_of
         for f in flat[:granted]:
-            self.state[f] = LOADING
-            self.slot_of[f] = free_list.pop()
-            self.prefetched[f] = False
+            state[f] = LOADING
+            slot_of[f] = free_list.pop()
+            prefetched[f] = False
         self._used[pool] += granted
         self.counters.loads_demand += granted
         return granted, victims
@@ -266,8 +277,7 @@ class ExpertCache:
         if key is None:
             candidates = self._evictable(lo, hi)
             return self.eviction.victims(candidates, lo, min(m, int(np.count_nonzero(candidates)))).tolist()
-        masked = key.copy()  # [hi - lo]
-        np.putmask(masked, self.state[lo:hi] <= self._bar[lo:hi], np.inf)  # not _evictable (faster than np.where)
+        masked = key + self._unevictable[lo:hi]  # [hi - lo] inf where not _evictable (keys are finite)
         chosen: list[int] = []
         while len(chosen) < m:
             i = int(masked.argmin())
@@ -284,29 +294,34 @@ class ExpertCache:
         self.prefetched[victims] = False
         self.counters.evictions += victims.size
         self.state[victims] = ABSENT
+        self._unevictable[victims] = np.inf
         self._free[pool].extend(self.slot_of[victims].tolist())
         self.slot_of[victims] = -1
         self._used[pool] -= victims.size
 
-    def _evict(self, victim: int) -> None:
-        pool = self._pool(victim)
-        if self.prefetched[victim]:
+    def _evict(self, victim: int, pool: int) -> None:
+        if self._prefetched_items[victim]:
             self.counters.prefetch_wasted += 1
-            self.prefetched[victim] = False
+            self._prefetched_items[victim] = False
         self.counters.evictions += 1
-        self.state[victim] = ABSENT
-        self._free[pool].append(int(self.slot_of[victim]))
+        self._state_items[victim] = ABSENT
+        self._unevictable[victim] = np.inf
+        self._free[pool].append(self.slot_of.item(victim))
         self.slot_of[victim] = -1
         self._used[pool] -= 1
 
     def landed(self, flat: int | list[int] | np.ndarray) -> None:
         """Copies of flat (one index, or several demand copies [m]: a few as a list, one at a time) finished."""
         if isinstance(flat, list):
+            state, held, unevictable = self._state_items, self._held_items, self._unevictable
             for f in flat:
-                self.state[f] = RESIDENT
+                state[f] = RESIDENT
+                if not held[f]:
+                    unevictable[f] = 0.0
                 self.eviction.on_insert(f, self.clock)
             return
         self.state[flat] = RESIDENT
+        self._unevictable[flat] = np.where(self.held[flat], np.inf, 0.0)
         prefetched = False if isinstance(flat, np.ndarray) else bool(self.prefetched[flat])
         self.eviction.on_insert(flat, self.clock, prefetched)
 
@@ -318,6 +333,8 @@ class ExpertCache:
                 self._used[pool] += 1
                 self.slot_of[f] = self._free[pool].pop()
                 self.state[f] = RESIDENT
+                if not self.held[f]:
+                    self._unevictable[f] = 0.0
 
     # ---- snapshots ------------------------------------------------------------------------------------
     def resident_mask(self) -> np.ndarray:
