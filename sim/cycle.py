@@ -312,8 +312,7 @@ class Decoder:
         if (self.rec.enabled or self._router_hook or self._layer_done_hook or self.gate_accuracy is not None
                 or self.whole_layers or not self.quiet_passes or not self.m.idle()):
             return False
-        fits = self.p.cache.pool_fits
-        return all(fits(layer, b - a) for layer, (a, b) in enumerate(plans.bounds))
+        return self.p.cache.layers_fit([b - a for a, b in plans.bounds])
 
     def _quiet_pass(self, plans: PassPlan, layer_s: float, head_s: float) -> tuple[float, float]:
         """`_event_pass` and the LM head from now on an idle machine, in plain arithmetic with the same
@@ -418,9 +417,9 @@ class Decoder:
     def _fold_times(self, flat: list[int], seconds: list[float], t: float):
         """_fold's arithmetic at time t for experts flat [a] with kernel seconds [a]: (order, landing times and
         kernel seconds in that order, total, end)."""
-        m, state, land_at = self.m, self.p.cache.state, self.m.land_at
+        m, state, land_at = self.m, self.p.cache.state_items, self.m.land_at
         # resident experts are there from the start
-        land = [t if state[f] == RESIDENT or land_at[f] <= t else float(land_at[f]) for f in flat]
+        land = [t if state[f] == RESIDENT or (at := land_at.item(f)) <= t else at for f in flat]
         order = sorted(range(len(land)), key=land.__getitem__)
         scale = m.compute_s(1.0, t)
         land, c = [land[i] for i in order], [seconds[i] * scale for i in order]  # [a], [a] in order of availability

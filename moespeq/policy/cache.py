@@ -86,9 +86,10 @@ class ExpertCache:
         n = layers * experts
         # The per-expert flags are bytearrays with NumPy views of the same memory: the views for whole-pool and
         # whole-layer work, the bytearrays (*_items) for one expert at a time, which Python indexes several times
-        # faster than NumPy (the scalar forms below touch them a few times per expert)
-        self._state_items = bytearray(n)
-        self.state = np.frombuffer(self._state_items, dtype=np.int8)  # ABSENT, LOADING or RESIDENT
+        # faster than NumPy (the scalar forms below touch them a few times per expert; state_items is public for
+        # the simulator's fold, which reads it per expert too)
+        self.state_items = bytearray(n)
+        self.state = np.frombuffer(self.state_items, dtype=np.int8)  # ABSENT, LOADING or RESIDENT
         self._held_items = bytearray(n)
         self.held = np.frombuffer(self._held_items, dtype=bool)  # held by the running layer: never evicted
         self._prefetched_items = bytearray(n)
@@ -143,9 +144,12 @@ class ExpertCache:
         """[n] bool: which experts of flat [n] are absent (neither loading nor resident)."""
         return self.state[flat] == _ABSENT
 
-    def pool_fits(self, layer: int, n: int) -> bool:
-        """Do n experts of `layer` fit its pool at once (so that holding them leaves room for their copies)?"""
-        return n <= self.capacity[layer if self.per_layer else 0]
+    def layers_fit(self, sizes: list[int]) -> bool:
+        """Do sizes[l] experts of each layer l fit its pool at once (so that holding them leaves room for their
+        copies)?"""
+        if self.per_layer:
+            return all(n <= c for n, c in zip(sizes, self.capacity, strict=True))
+        return max(sizes) <= self.capacity[0]
 
     def _evictable(self, lo: int, hi: int) -> np.ndarray:
         """[hi - lo] bool: resident and not held, of experts lo..hi (one pool)."""
@@ -157,7 +161,7 @@ class ExpertCache:
 
     def release(self, flat: np.ndarray | list[int]) -> None:
         if isinstance(flat, list):  # a few experts (`serve`): no array to build
-            state, held, unevictable = self._state_items, self._held_items, self._unevictable
+            state, held, unevictable = self.state_items, self._held_items, self._unevictable
             for f in flat:
                 held[f] = False
                 if state[f] == RESIDENT:
@@ -169,7 +173,7 @@ class ExpertCache:
     def serve(self, flat: list[int]) -> list[int]:
         """access, then hold, of one layer's few distinct experts flat [n] (in any order), one at a time;
         returns the absent ones in the order given."""
-        state, prefetched, held = self._state_items, self._prefetched_items, self._held_items
+        state, prefetched, held = self.state_items, self._prefetched_items, self._held_items
         unevictable, c = self._unevictable, self.counters
         absent, hits = [], 0
         for f in flat:
@@ -260,7 +264,7 @@ class ExpertCache:
             self._evict(victim, pool)
         granted = min(len(flat), self.capacity[pool] - self._used[pool])
         free_list = self._free[pool]
-        state, prefetched, slot_of = self._state_items, self._prefetched_items, self.slot_of
+        state, prefetched, slot_of = self.state_items, self._prefetched_items, self.slot_of
         for f in flat[:granted]:
             state[f] = LOADING
             slot_of[f] = free_list.pop()
@@ -279,13 +283,14 @@ class ExpertCache:
             return self.eviction.victims(candidates, lo, min(m, int(np.count_nonzero(candidates)))).tolist()
         masked = key + self._unevictable[lo:hi]  # [hi - lo] inf where not _evictable (keys are finite)
         chosen: list[int] = []
-        while len(chosen) < m:
+        while True:
             i = int(masked.argmin())
-            if masked[i] == np.inf:  # nothing evictable left
-                break
-            masked[i] = np.inf
+            if masked.item(i) == np.inf:  # nothing evictable left
+                return chosen
             chosen.append(lo + i)
-        return chosen
+            if len(chosen) == m:
+                return chosen
+            masked[i] = np.inf
 
     def _evict_many(self, victims: np.ndarray, pool: int) -> None:
         """_evict for several victims of one pool at once."""
@@ -304,7 +309,7 @@ class ExpertCache:
             self.counters.prefetch_wasted += 1
             self._prefetched_items[victim] = False
         self.counters.evictions += 1
-        self._state_items[victim] = ABSENT
+        self.state_items[victim] = ABSENT
         self._unevictable[victim] = np.inf
         self._free[pool].append(self.slot_of.item(victim))
         self.slot_of[victim] = -1
@@ -313,7 +318,7 @@ class ExpertCache:
     def landed(self, flat: int | list[int] | np.ndarray) -> None:
         """Copies of flat (one index, or several demand copies [m]: a few as a list, one at a time) finished."""
         if isinstance(flat, list):
-            state, held, unevictable = self._state_items, self._held_items, self._unevictable
+            state, held, unevictable = self.state_items, self._held_items, self._unevictable
             for f in flat:
                 state[f] = RESIDENT
                 if not held[f]:

@@ -245,6 +245,10 @@ class _NextUse(EvictionPolicy):
         self.recency_first = tie_break == "recency-freq"
         n = layers * experts
         self.layer_of = np.repeat(np.arange(layers), experts)  # [L*E]
+        # [L*E] each, the pack's `farther` term (511 - distance, less the layer shift) of an expert whose next
+        # opportunity is in this step (index False) or the next (True): constants, so a rebuild does not redo them;
+        # floats, as _pack would convert them (exactly: small integers)
+        self._farther = (511.0 - self.layer_of, 511.0 - self.layer_of - layers)
         self._decay1_scaled = float(self.powers[1]) * _FREQ_SCALE  # exact: the scale is a power of two
         self._fb = np.zeros(n)  # [L*E] the packed fallback key at (_fb_step, _fb_layer), less the layer shift
         self._fb_passed = np.zeros(n)  # [L*E] the same as if every layer were passed (next opportunity: step + 1)
@@ -290,21 +294,22 @@ class _NextUse(EvictionPolicy):
             return freq * 2.0**9 + (farther - age * 2.0**33)
         return freq * 2.0**29 + (farther - age * 2.0**9 + (_AGE_LIMIT - 1.0) * 2.0**9)
 
-    def _packed(self, flat: np.ndarray | slice, passed: Any) -> np.ndarray:
-        """[n] packed keys of experts flat [n], or of all with slice(None) (views, not gathers), passed: [n] bool
-        or one bool, less the current layer's shift (a constant within a decision): at_next_opportunity's
-        arithmetic."""
+    def _packed(self, flat: np.ndarray | slice, passed: bool) -> np.ndarray:
+        """[n] packed keys of experts flat [n], or of a run of them as a slice (views, not gathers), whose layer
+        the pass has passed or not, less the current layer's shift (a constant within a decision):
+        at_next_opportunity's arithmetic."""
         opportunity = self.step + passed
         freq = self.freq[flat] * self.powers[opportunity - self.freq_step[flat]]
         freq = np.minimum(np.floor(freq * _FREQ_SCALE), _FREQ_CAP)
-        return self._pack(opportunity - self.last_step[flat], freq, 511 - self.layer_of[flat] - passed * self.L)
+        return self._pack(opportunity - self.last_step[flat], freq, self._farther[passed][flat])
 
     def _current_fallback(self) -> np.ndarray:
         """[L*E] the packed fallback keys at (step, layer)."""
         if self._fb_step != self.step or self.layer < self._fb_layer:
             self._fb_passed = self._packed(slice(None), True)
-            ahead = self._packed(slice(None), False)
-            self._fb = np.where(self.layer_of <= self.layer, self._fb_passed, ahead)
+            ahead = (self.layer + 1) * self.E  # the first expert of the layers the pass has not reached
+            self._fb[:ahead] = self._fb_passed[:ahead]
+            self._fb[ahead:] = self._packed(slice(ahead, None), False)
             self._fb_step, self._fb_layer = self.step, self.layer
         elif self.layer > self._fb_layer:  # the pass reached more layers: their experts' next chance is the next step
             lo, hi = (self._fb_layer + 1) * self.E, (self.layer + 1) * self.E
