@@ -319,17 +319,19 @@ class Decoder:
         floating-point operations as the events would do: a layer's misses start back to back at once
         (nothing else is queued), its experts fold over their landings, the copies land before the next layer.
         Returns (end time, compute seconds)."""
-        p, m, cache, step = self.p, self.m, self.p.cache, self.step
+        m, step = self.m, self.step
         t, busy = self.env.now, 0.0
         flat, cost, fetch = plans.flat.tolist(), plans.cost_s.tolist(), plans.fetch.tolist()  # [m] each
+        # the calls of every layer, looked up once (a pass runs tens of layers, each a few microseconds)
+        progress, verify_at, compute_s, experts = self.p.cache.progress, self.p.elb.verify_at, m.compute_s, self._quiet_experts
         for layer, (a, b) in enumerate(plans.bounds):
             m.progress = (step, layer)
-            cache.progress(step, layer)
-            p.elb.verify_at(layer)
-            t1 = t + m.compute_s(layer_s, t)
+            progress(step, layer)
+            verify_at(layer)
+            t1 = t + compute_s(layer_s, t)
             busy += t1 - t
             t = t1
-            t, total = self._quiet_experts(layer, flat[a:b], cost[a:b], fetch[a:b], t)
+            t, total = experts(layer, flat[a:b], cost[a:b], fetch[a:b], t)
             busy += total
         t1 = t + m.compute_s(head_s, t)
         return t1, busy + (t1 - t)

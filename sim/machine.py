@@ -259,11 +259,12 @@ class Machine:
                 t = self._start(flat, -1, t, "demand")
             return t
         # at full rate: one account, the same arithmetic whether or not a timeline is recorded
-        lands = [t + ends_s for ends_s in self._copy_ends_s[:len(flats)]]
+        n, land_at = len(flats), self.land_at
+        lands = [t + ends_s for ends_s in self._copy_ends_s[:n]]
         for flat, land in zip(flats, lands, strict=True):
-            self.land_at[flat] = land
-        end = t + len(flats) * self.copy_s
-        self._account(t, end, self.expert_bytes * len(flats), layer, -1, "demand", len(flats), record=False)
+            land_at[flat] = land
+        end = t + n * self.copy_s
+        self._account(t, end, self.expert_bytes * n, layer, -1, "demand", n, record=False)
         if self.rec.enabled:
             for flat, start, land in zip(flats, [t, *lands[:-1]], lands, strict=True):
                 self.rec.span(H2D_COPY, "h2d", start, land, layer, flat % self.E, bytes=self.expert_bytes,

@@ -67,10 +67,11 @@ class ExpertLookaheadBuffer:
 
     def verify_at(self, layer: int) -> None:
         """Verification is now computing `layer` (experts of earlier layers are no longer needed this cycle)."""
+        if not self.rows:  # nothing predicted (plain decoding): every next use is already FAR
+            self.verify_layer = layer
+            return
         passed_from = max(self.verify_layer, 0)
         self.verify_layer = layer
-        if not self.rows:  # nothing predicted (plain decoding): every next use is already FAR
-            return
         if layer >= passed_from:  # the usual step forward: the layers just passed lose their predictions
             self._next_use[passed_from * self.E: layer * self.E] = FAR
         else:  # a new pass over the same buffer (a prefill after the last cycle): earlier layers count again
