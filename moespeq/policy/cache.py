@@ -90,14 +90,18 @@ class ExpertCache:
         # the simulator's fold, which reads it per expert too)
         self.state_items = bytearray(n)
         self.state = np.frombuffer(self.state_items, dtype=np.int8)  # ABSENT, LOADING or RESIDENT
-        self._held_items = bytearray(n)
-        self.held = np.frombuffer(self._held_items, dtype=bool)  # held by the running layer: never evicted
+        # an expert is evictable when its state exceeds this bar: RESIDENT (2) > 1, unless held (bar 2); one
+        # comparison finds a pool's evictable experts
+        self._bar_items = bytearray(b"\x01" * n)
+        self._bar = np.frombuffer(self._bar_items, dtype=np.int8)
         self._prefetched_items = bytearray(n)
         self.prefetched = np.frombuffer(self._prefetched_items, dtype=bool)  # loaded by a prefetcher, not used yet
-        # 0.0 where an expert may be evicted (resident and not held), else inf: added to an eviction key it masks
-        # out the rest in one operation (the victim search runs at almost every miss); every change of state or
-        # held updates it
+        # The same as 0.0 where evictable, else inf: added to an eviction key it masks out the rest in one operation
+        # (the scalar forms' victim search, at almost every miss). The scalar forms keep it current expert by
+        # expert; the array forms only mark it stale (a whole-array update would cost them more than they do), and
+        # the next search rebuilds it.
         self._unevictable = np.full(n, np.inf)
+        self._unevictable_stale = False
         self.slot_of = np.full(n, -1, dtype=np.int32)
         self.per_layer = len(capacity) == layers and layers > 1
         caps = [min(c, experts if self.per_layer else n) for c in capacity]
@@ -153,27 +157,39 @@ class ExpertCache:
 
     def _evictable(self, lo: int, hi: int) -> np.ndarray:
         """[hi - lo] bool: resident and not held, of experts lo..hi (one pool)."""
-        return self._unevictable[lo:hi] == 0.0
+        return self.state[lo:hi] > self._bar[lo:hi]
+
+    def _current_unevictable(self) -> np.ndarray:
+        """[L*E] _unevictable, rebuilt if an array form changed state or holds since it was last current."""
+        if self._unevictable_stale:
+            self._unevictable = np.where(self.state > self._bar, 0.0, np.inf)
+            self._unevictable_stale = False
+        return self._unevictable
+
+    @property
+    def held(self) -> np.ndarray:
+        """[L*E] bool: held by the running layer."""
+        return self._bar == 2
 
     def hold(self, flat: np.ndarray) -> None:
-        self.held[flat] = True
-        self._unevictable[flat] = np.inf
+        self._bar[flat] = 2
+        self._unevictable_stale = True
 
     def release(self, flat: np.ndarray | list[int]) -> None:
         if isinstance(flat, list):  # a few experts (`serve`): no array to build
-            state, held, unevictable = self.state_items, self._held_items, self._unevictable
+            state, bar, unevictable = self.state_items, self._bar_items, self._unevictable
             for f in flat:
-                held[f] = False
+                bar[f] = 1
                 if state[f] == RESIDENT:
                     unevictable[f] = 0.0
         else:
-            self.held[flat] = False
-            self._unevictable[flat] = np.where(self.state[flat] == _RESIDENT, 0.0, np.inf)
+            self._bar[flat] = 1
+            self._unevictable_stale = True
 
     def serve(self, flat: list[int]) -> list[int]:
         """access, then hold, of one layer's few distinct experts flat [n] (in any order), one at a time;
         returns the absent ones in the order given."""
-        state, prefetched, held = self.state_items, self._prefetched_items, self._held_items
+        state, prefetched, bar = self.state_items, self._prefetched_items, self._bar_items
         unevictable, c = self._unevictable, self.counters
         absent, hits = [], 0
         for f in flat:
@@ -187,7 +203,7 @@ class ExpertCache:
                 if s == RESIDENT:
                     c.prefetch_timely += 1
                 prefetched[f] = False
-            held[f] = True
+            bar[f] = 2
             unevictable[f] = np.inf
         c.needed += len(flat)
         c.hits += hits
@@ -281,7 +297,7 @@ class ExpertCache:
         if key is None:
             candidates = self._evictable(lo, hi)
             return self.eviction.victims(candidates, lo, min(m, int(np.count_nonzero(candidates)))).tolist()
-        masked = key + self._unevictable[lo:hi]  # [hi - lo] inf where not _evictable (keys are finite)
+        masked = key + self._current_unevictable()[lo:hi]  # [hi - lo] inf where not _evictable (keys are finite)
         chosen: list[int] = []
         while True:
             i = int(masked.argmin())
@@ -299,7 +315,7 @@ class ExpertCache:
         self.prefetched[victims] = False
         self.counters.evictions += victims.size
         self.state[victims] = ABSENT
-        self._unevictable[victims] = np.inf
+        self._unevictable_stale = True
         self._free[pool].extend(self.slot_of[victims].tolist())
         self.slot_of[victims] = -1
         self._used[pool] -= victims.size
@@ -318,15 +334,15 @@ class ExpertCache:
     def landed(self, flat: int | list[int] | np.ndarray) -> None:
         """Copies of flat (one index, or several demand copies [m]: a few as a list, one at a time) finished."""
         if isinstance(flat, list):
-            state, held, unevictable = self.state_items, self._held_items, self._unevictable
+            state, bar, unevictable = self.state_items, self._bar_items, self._unevictable
             for f in flat:
                 state[f] = RESIDENT
-                if not held[f]:
+                if bar[f] == 1:
                     unevictable[f] = 0.0
                 self.eviction.on_insert(f, self.clock)
             return
         self.state[flat] = RESIDENT
-        self._unevictable[flat] = np.where(self.held[flat], np.inf, 0.0)
+        self._unevictable_stale = True
         prefetched = False if isinstance(flat, np.ndarray) else bool(self.prefetched[flat])
         self.eviction.on_insert(flat, self.clock, prefetched)
 
@@ -338,8 +354,7 @@ class ExpertCache:
                 self._used[pool] += 1
                 self.slot_of[f] = self._free[pool].pop()
                 self.state[f] = RESIDENT
-                if not self.held[f]:
-                    self._unevictable[f] = 0.0
+                self._unevictable_stale = True
 
     # ---- snapshots ------------------------------------------------------------------------------------
     def resident_mask(self) -> np.ndarray:
