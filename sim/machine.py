@@ -260,12 +260,12 @@ class Machine:
             return t
         # at full rate: one account, the same arithmetic whether or not a timeline is recorded
         n, land_at = len(flats), self.land_at
-        lands = [t + ends_s for ends_s in self._copy_ends_s[:n]]
-        for flat, land in zip(flats, lands, strict=True):
-            land_at[flat] = land
+        for flat, ends_s in zip(flats, self._copy_ends_s, strict=False):  # the first n ends
+            land_at[flat] = t + ends_s
         end = t + n * self.copy_s
         self._account(t, end, self.expert_bytes * n, layer, -1, "demand", n, record=False)
         if self.rec.enabled:
+            lands = [t + ends_s for ends_s in self._copy_ends_s[:n]]
             for flat, start, land in zip(flats, [t, *lands[:-1]], lands, strict=True):
                 self.rec.span(H2D_COPY, "h2d", start, land, layer, flat % self.E, bytes=self.expert_bytes,
                               kind="demand")
