@@ -259,9 +259,9 @@ class Machine:
                 t = self._start(flat, -1, t, "demand")
             return t
         # at full rate: one account, the same arithmetic whether or not a timeline is recorded
-        n, land_at = len(flats), self.land_at
-        for flat, ends_s in zip(flats, self._copy_ends_s, strict=False):  # the first n ends
-            land_at[flat] = t + ends_s
+        n, land_at, ends_s = len(flats), self.land_at, self._copy_ends_s
+        for i, flat in enumerate(flats):  # not zip(..., strict=...): a keyword call costs more than the loop here
+            land_at[flat] = t + ends_s[i]
         end = t + n * self.copy_s
         self._account(t, end, self.expert_bytes * n, layer, -1, "demand", n, record=False)
         if self.rec.enabled:
