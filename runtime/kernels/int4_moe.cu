@@ -153,6 +153,268 @@ struct Int4Weights {
     }
 };
 
+// ---- T <= 8: a block-level bulk-copy ring -----------------------------------------------------------------
+// At small T the register pipelines above hold ~2 groups per warp in flight and drain at every item, so the
+// stream is latency-bound (runtime/results/README.md, runs 16-18). Here one lane of a producer warp claims the
+// block's items (the same tickets and two-phase order as moe_layer) and streams each item's packed words with a
+// few large cp.async.bulk copies into a ring of `stages` shared-memory stages, each tracked by a full and an
+// empty mbarrier; it runs ahead across item boundaries, so the ring stays full while consumers finish an item.
+// A stage holds `chunks` 64-wide chunks of a phase-1 row tile's gate and of its up (codes, then scales), or
+// 2 * `chunks` chunks of a phase-2 row tile's down. The consumer warps (all but the last) take the stage's
+// 128-wide groups round robin, so each item's k split over them is fixed: the fixed-order sum stays deterministic.
+
+#define RING_MAX_STAGES 16
+
+struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunks [c0, c1) here; flags below
+#define RING_FIRST 1  // first stage of its item
+#define RING_LAST 2   // last stage of its item
+#define RING_END -1   // ticket of the stage that tells the consumers to leave
+
+struct __align__(16) RingShared {
+    unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES];
+    RingStage stage[RING_MAX_STAGES];
+    float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity
+    float tile[MOE_TILE];                // phase-2 partial in token space (consumer warp 0)
+    int ticket;
+};
+
+__device__ __forceinline__ unsigned smem_addr(const void* ptr) {
+    return (unsigned)__cvta_generic_to_shared(ptr);
+}
+
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive_tx(unsigned long long* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+    const unsigned a = smem_addr(bar);
+    unsigned done = 0;
+    while (!done) {
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(a), "r"(parity) : "memory");
+    }
+}
+
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory into this block's shared
+// memory by the copy engine, counted on `bar` as they land
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void consumer_sync(int consumers) {  // named barrier 1: the consumer warps only
+    asm volatile("bar.sync 1, %0;" :: "r"(32 * consumers) : "memory");
+}
+
+struct RingGeometry {
+    int stages, chunks, stage_bytes;  // stage layout: codes of 2 * chunks chunks (512 B each), then their scales
+    __device__ RingGeometry(int s, int c) : stages(s), chunks(c), stage_bytes(c * 1056) {}
+};
+
+// The producer lane: claim items, put their bytes in flight, stage by stage, until the tickets run out.
+__device__ void ring_produce(const Routing& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
+                             const Int4Weights& w, const RingGeometry& g, int n_p1, int total) {
+    const int FT = p.F / 16, DT = p.D / 16, KC1 = p.D / 64, G1 = p.D / 128, KC2 = p.F / 64, G2 = p.F / 128;
+    int ticket = S.ticket, k = 0;
+    for (;;) {
+        const int next = ticket < total ? atomicAdd(&p.counters[CTR_TICKET], 1) : 0;  // its latency overlaps the copies
+        const int slot = k % g.stages;
+        if (k >= g.stages) mbar_wait(&S.empty[slot], (k / g.stages - 1) & 1);
+        if (ticket >= total) {
+            S.stage[slot] = {RING_END, 0, 0, 0};
+            mbar_arrive(&S.full[slot]);
+            return;
+        }
+        const Item it = decode(ticket, n_p1, FT, DT, p.J);
+        const size_t e = R.ref[it.u];
+        int lo = 0, hi = KC1, step = g.chunks;
+        if (it.phase == 2) {
+            Int4Weights::split(KC2, p.J, it.j, lo, hi);
+            step = 2 * g.chunks;
+        }
+        for (int c0 = lo;; c0 += step) {
+            const int c1 = min(hi, c0 + step), n = c1 - c0, s = k % g.stages;
+            if (c0 != lo && k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
+            unsigned char* st = ring + (size_t)s * g.stage_bytes;
+            const int flags = (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0);
+            S.stage[s] = {ticket, c0, c1, flags};
+            if (it.phase == 1) {
+                const size_t tile = e * FT + it.r0;
+                mbar_arrive_tx(&S.full[s], n * 1056);
+                if (n > 0) {
+                    bulk_copy(st, w.gate_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
+                    bulk_copy(st + g.chunks * 512, w.up_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
+                    bulk_copy(st + 2 * g.chunks * 512, w.gate_s + (tile * G1 + c0 / 2) * 8, n * 16, &S.full[s]);
+                    bulk_copy(st + 2 * g.chunks * 512 + g.chunks * 16, w.up_s + (tile * G1 + c0 / 2) * 8, n * 16,
+                              &S.full[s]);
+                }
+            } else {
+                const size_t tile = e * DT + it.r0;
+                mbar_arrive_tx(&S.full[s], n * 528);
+                if (n > 0) {
+                    bulk_copy(st, w.down_q + (tile * KC2 + c0) * 32, n * 512, &S.full[s]);
+                    bulk_copy(st + 2 * g.chunks * 512, w.down_s + (tile * G2 + c0 / 2) * 8, n * 16, &S.full[s]);
+                }
+            }
+            ++k;
+            if (c1 >= hi) break;
+        }
+        ticket = next;
+    }
+}
+
+// The consumer warps: every stage in order; this warp's groups of it; at an item's last stage the fixed-order
+// sum over the consumer warps and the item's output (h and its count, or the phase-2 partial and reduction).
+__device__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring, const MoeArgs& p,
+                             const RingGeometry& g, int n_p1, int consumers) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
+    const int FT = p.F / 16, DT = p.D / 16;
+    int* p1_done = p.counters + CTR_ROWS + DT;
+    float acc[8];
+    const bf16_t* row = p.x;  // B rows of this lane's token: x in phase 1, h in phase 2
+    int ready_u = -1, items = 0;
+    for (int k = 0;; ++k) {
+        const int s = k % g.stages;
+        mbar_wait(&S.full[s], (k / g.stages) & 1);
+        const RingStage st = S.stage[s];
+        if (st.ticket == RING_END) return;
+        const Item it = decode(st.ticket, n_p1, FT, DT, p.J);
+        const int cnt = R.count[it.u], n = min(gl, cnt - 1);
+        if (st.flags & RING_FIRST) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+            if (it.phase == 1) {
+                row = p.x + (size_t)R.token[it.u][n] * p.D;
+            } else {
+                row = p.hbuf + ((size_t)it.u * MOE_MAX_TOKENS + n) * p.F;
+                if (it.u > ready_u) {  // h of expert u complete (see ld_const for why the acquire suffices)
+                    if (lane == 0) {
+                        while (ld_acquire(&p1_done[it.u]) < FT) __nanosleep(64);
+                    }
+                    __syncwarp();
+                    ready_u = it.u;
+                }
+            }
+        }
+        const uint4* codes = reinterpret_cast<const uint4*>(ring + (size_t)s * g.stage_bytes) + lane;
+        const unsigned* scales = reinterpret_cast<const unsigned*>(ring + (size_t)s * g.stage_bytes + g.chunks * 1024)
+                                 + (lane >> 2);
+        const int groups = (st.c1 - st.c0) / 2;
+        const bf16_t* const rows[1] = {row};
+        if (it.phase == 1) {
+            for (int q = warp; q < groups; q += consumers) {
+                uint4 wq[2][2];
+                unsigned sc[2];
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    wq[m][0] = codes[(m * g.chunks + 2 * q) * 32];
+                    wq[m][1] = codes[(m * g.chunks + 2 * q + 1) * 32];
+                    sc[m] = scales[(m * g.chunks / 2 + q) * 8];
+                }
+                Int4Weights::group_mma<1, 2>(acc, wq, sc, rows, st.c0 / 2 + q, c, false);
+            }
+        } else {
+            for (int q = warp; q < groups; q += consumers) {
+                uint4 wq[1][2];
+                unsigned sc[1];
+                wq[0][0] = codes[(2 * q) * 32];
+                wq[0][1] = codes[(2 * q + 1) * 32];
+                sc[0] = scales[q * 8];
+                Int4Weights::group_mma<1, 1>(acc, wq, sc, rows, st.c0 / 2 + q, c, false);
+            }
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage
+        if (!(st.flags & RING_LAST)) continue;
+        // the item's fixed-order sum over the consumer warps: S.red by item parity, so one barrier per item
+        float (*red)[8][32] = S.red[items++ & 1];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i];
+        consumer_sync(consumers);
+        if (warp != 0) continue;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            float v = red[0][i][lane];
+            for (int q = 1; q < consumers; ++q) v += red[q][i][lane];
+            acc[i] = v;
+        }
+        if (it.phase == 1) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int tok = 2 * c + (i & 1), row = 16 * it.r0 + gl + 8 * (i >> 1);
+                if (tok < cnt) {
+                    const float gv = acc[i], uv = acc[4 + i];
+                    p.hbuf[((size_t)it.u * MOE_MAX_TOKENS + tok) * p.F + row] = f32_to_bf16(gv / (1.0f + __expf(-gv)) * uv);
+                }
+            }
+            __threadfence();  // h visible device-wide before the completion count says so
+            __syncwarp();
+            if (lane == 0) atomicAdd(&p1_done[it.u], 1);
+            continue;
+        }
+        float4* tile4 = reinterpret_cast<float4*>(S.tile) + 2 * lane;
+        tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int tok = 2 * c + (i & 1);
+            if (tok < cnt) S.tile[(gl + 8 * (i >> 1)) * 16 + R.token[it.u][tok]] = R.weight[it.u][tok] * acc[i];
+        }
+        __syncwarp();
+        const int r = it.r0;
+        float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + it.u) * p.J + it.j) * MOE_TILE) + 2 * lane;
+        dst[0] = tile4[0];
+        dst[1] = tile4[1];
+        __threadfence();
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
+        if (__shfl_sync(0xffffffffu, last, 0)) {
+            __threadfence();
+            reduce_row_tile(p, r, R.n_used);
+        }
+        __syncwarp();
+    }
+}
+
+__device__ void moe_int4_ring(const MoeArgs& p, const Int4Weights& w, const RingGeometry& g) {
+    __shared__ Routing R;
+    __shared__ RingShared S;
+    extern __shared__ __align__(128) unsigned char ring[];
+    const int tid = threadIdx.x, consumers = (blockDim.x >> 5) - 1;
+    if (tid == 0) {
+        S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
+        for (int s = 0; s < g.stages; ++s) {
+            mbar_init(&S.full[s], 1);           // the producer's arrive, plus the stage's bytes
+            mbar_init(&S.empty[s], consumers);  // one arrive per consumer warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    prefetch_rows([&](int n) { return p.x + (size_t)n * p.D; }, p.T, 0, p.D / 64);
+    build_routing(R, p, w);  // ends with a barrier, which also publishes S.ticket and the barriers
+    const int n_p1 = R.n_used * (p.F / 16), total = n_p1 + R.n_used * (p.D / 16) * p.J;
+    if ((tid >> 5) == consumers) {
+        if ((tid & 31) == 0) ring_produce(R, S, ring, p, w, g, n_p1, total);
+        __syncwarp();
+    } else {
+        ring_consume(R, S, ring, p, g, n_p1, consumers);
+    }
+    __syncthreads();
+    if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
+        p.counters[CTR_TICKET] = 0;  // every other block has taken its last ticket and left
+        p.counters[CTR_EXITED] = 0;
+        for (int u = 0; u < R.n_used; ++u) p.counters[CTR_ROWS + p.D / 16 + u] = 0;
+    }
+}
+
 template <int NT>
 __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q,
                                          const unsigned* gate_s, const uint4* up_q, const unsigned* up_s,
@@ -178,3 +440,15 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
 // an SM; NVRTC otherwise allocates 202 (2 blocks: 20-25 % slower at T = 16, run 11), and 168 does not spill.
 MOE_INT4_ENTRY(moe_int4_t8, 1, __launch_bounds__(MOE_MAX_WARPS * 32))
 MOE_INT4_ENTRY(moe_int4_t16, 2, __maxnreg__(168))
+
+// T <= 8 through the bulk-copy ring: `stages` stages of `chunks` chunks per matrix in dynamic shared memory;
+// the block's last warp produces, the others consume (at most MOE_MAX_WARPS of them)
+extern "C" __global__ void __launch_bounds__((MOE_MAX_WARPS + 1) * 32) moe_int4_ring_t8(
+    const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q, const unsigned* gate_s,
+    const uint4* up_q, const unsigned* up_s, const uint4* down_q, const unsigned* down_s, bf16_t* y,
+    bf16_t* hbuf, float* partial, int* counters, int T, int K, int E, int D, int F, int J, int KS,
+    int u_cap, int stages, int chunks) {
+    const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, KS, u_cap};
+    const Int4Weights w{gate_q, gate_s, up_q, up_s, down_q, down_s};
+    moe_int4_ring(p, w, RingGeometry(stages, chunks));
+}

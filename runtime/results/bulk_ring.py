@@ -1,0 +1,246 @@
+"""Run 19's measurement (runtime/results/bulk_ring_run19_h200.json): the INT4 kernel's block-level bulk-copy ring
+(int4_moe.cu's moe_int4_ring_t8, T <= 8) against the committed two-phase kernel, side by side in one H200 call, on
+the four benchmark models at T = 1, 2, 4, 8 (16: the committed kernel alone, which the ring does not serve).
+
+committed  the two-phase kernel at the launch parameters of runtime/configs/NVIDIA_H200.json (run 13's tuning).
+ring       moe_int4_ring_t8 at each of RING: N consumer warps plus one producer warp per block, M blocks per SM,
+           stages of C 64-wide chunks per matrix (phase 1: gate and up of one 16-row tile; phase 2: 2C chunks of
+           down), S stages of dynamic shared memory; one split of F in the down projection.
+Every candidate is first checked on three routings against the reference (rel err <= 1e-2, every output written,
+counters re-armed, a rerun bit-identical), and a bad expert id is flagged on the ring path; after the timing the
+first routing is checked again (the timed launches alternated both paths on one workspace). Times alternate
+candidate by candidate over ROUNDS rounds of ITERS calls on runtime/kernel_bench.py's rotated weight copies and
+routings (each call another routing and another copy).
+
+Usage (repository root, after `pip install -e .`):
+    python3 runtime/results/bulk_ring.py            # writes $OUT/bulk_ring.json, prints the table
+    python3 runtime/results/bulk_ring.py --table runtime/results/bulk_ring_run19_h200.json   # the README's table
+"""
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dequant_views import build, committed_config  # noqa: E402 - run 13's INT4-only layer bench
+from small_t_levers import rel_err  # noqa: E402
+
+OUT = Path(os.environ.get("OUT", "/tmp/out"))
+MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
+TOKENS = (1, 2, 4, 8, 16)
+ROUNDS, ITERS = 5, 100
+RING = {"w8b1c32s5": (8, 1, 32, 5), "w8b1c16s11": (8, 1, 16, 11), "w4b1c32s5": (4, 1, 32, 5),
+        "w4b2c16s4": (4, 2, 16, 4), "w8b2c16s4": (8, 2, 16, 4)}
+STAGE_BYTES_PER_CHUNK = 1056  # codes of 2 chunks (2 x 512 B) and their scales (2 x 16 B): RingGeometry
+
+
+def ring_kernel():
+    from moespeq.runtime import moe_kernels as mk
+
+    fn = mk.get_kernel("int4_moe", "moe_int4_ring_t8")
+    fn.max_dynamic_shared_size_bytes = max(c * s * STAGE_BYTES_PER_CHUNK for _, _, c, s in RING.values())
+    return fn
+
+
+def resident_blocks(fn, v: str) -> int:
+    import cupy
+
+    warps, _, chunks, stages = RING[v]
+    return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+        fn.ptr, 32 * (warps + 1), chunks * stages * STAGE_BYTES_PER_CHUNK)
+
+
+def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None):
+    """One launch of the ring entry per call i on routing, x and weight copy i (rotated), like lb.int4_call."""
+    import numpy as np
+
+    from moespeq.runtime import moe_kernels as mk
+
+    warps, blocks, chunks, stages = RING[v]
+    sets, xs, layers = sets or lb.routing(tokens), xs or lb.xs[tokens], layers or lb.int4_layers
+    geo, ws = lb.geo, lb.workspace
+    grid, block, shared = (mk.device_info().sm_count * blocks,), (32 * (warps + 1),), chunks * stages * STAGE_BYTES_PER_CHUNK
+
+    def call(i: int) -> None:
+        r, e = sets[i % len(sets)], layers[i % len(layers)]
+        fn(grid, block, (xs[i % len(xs)], r.ids, r.w, e.gate.codes, e.gate.scales, e.up.codes, e.up.scales,
+                         e.down.codes, e.down.scales, out, ws.hbuf, ws.partial, ws.counters, np.int32(tokens),
+                         np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn),
+                         np.int32(1), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages), np.int32(chunks)),
+           shared_mem=shared)
+    return call
+
+
+def references(lb, tokens: int) -> list:
+    from moespeq.runtime.reference import moe_int4_reference
+
+    sets = lb.routing(tokens)
+    return [moe_int4_reference(lb.xs[tokens][i], sets[i].ids, sets[i].w, lb.int4_layers[i % len(lb.int4_layers)])
+            for i in range(3)]
+
+
+def launcher(lb, fn, tokens: int, v: str):
+    """launch(i, y): routing / x / weight copy i into y, by the committed kernel or ring variant v."""
+    from moespeq.runtime.moe_kernels import launch_moe_int4
+
+    if v == "committed":
+        cfg = committed_config(lb.geo, tokens)
+
+        def launch(i, y):
+            r = lb.routing(tokens)[i]
+            launch_moe_int4(lb.xs[tokens][i], r.ids, r.w, lb.int4_layers[i % len(lb.int4_layers)], lb.workspace, y, cfg)
+        return launch
+
+    def launch(i, y):
+        ring_call(lb, fn, tokens, v, y)(i)
+    return launch
+
+
+def finished_or_exit(what: str, seconds: float = 10.0) -> None:
+    """Wait for the launches so far; a launch that never ends (a ring deadlock) ends the script, not the call."""
+    import time
+
+    import cupy
+
+    event, start = cupy.cuda.Event(), time.monotonic()
+    event.record()
+    while not event.done:
+        if time.monotonic() - start > seconds:
+            sys.stdout.write(f"HANG: {what} did not finish in {seconds} s\n")
+            sys.stdout.flush()
+            os._exit(3)
+        time.sleep(0.01)
+
+
+def check(lb, fn, tokens: int, v: str, refs: list, routings: int = 3) -> dict:
+    import cupy
+
+    launch, ws, errs, ok = launcher(lb, fn, tokens, v), lb.workspace, [], True
+    for i in range(routings):
+        ys = []
+        for _ in range(2):
+            y = cupy.full((tokens, lb.geo.hidden), 0xFFFF, dtype=cupy.uint16)
+            launch(i, y)
+            finished_or_exit(f"{lb.spec.name} T={tokens} {v}")
+            ys.append(y)
+        errs.append(rel_err(ys[0], refs[i]))
+        written = not bool((ys[0] == 0xFFFF).any())  # SYNC: checks before timing
+        same = bool((ys[0] == ys[1]).all())
+        rearmed = not bool(ws.counters.any())
+        ok = ok and written and same and rearmed and errs[-1] <= 1e-2
+    return {"rel_err": errs, "passed": ok}
+
+
+def bad_id_flagged(lb, fn, v: str) -> bool:
+    """An id outside [0, E) on the ring path: flagged, the ticket and exit counters re-armed."""
+    import cupy
+
+    from moespeq.runtime.kernel_bench import Routing
+
+    r = lb.routing(2)[0]
+    ids = r.ids.copy()
+    ids[1, 0] = lb.geo.experts + 3
+    y = cupy.zeros((2, lb.geo.hidden), dtype=cupy.uint16)
+    ring_call(lb, fn, 2, v, y, sets=[Routing(ids, r.w, [])], xs=[lb.xs[2][0]])(0)
+    finished_or_exit(f"{lb.spec.name} bad id {v}")
+    flags = int(lb.workspace.counters[3].get())  # SYNC: correctness check
+    lb.workspace.counters[3] = 0
+    return flags == 1 and not bool(lb.workspace.counters[:3].any())
+
+
+def alternate(calls: dict) -> dict[str, list[float]]:
+    from moespeq.runtime.timing import median_time_s
+
+    times: dict[str, list[float]] = {v: [] for v in calls}
+    for _ in range(ROUNDS):
+        for v, call in calls.items():
+            times[v].append(median_time_s(call, iters=ITERS) * 1e6)
+    return times
+
+
+def measure(name: str, fn) -> list[dict]:
+    import cupy
+
+    lb, rows = build(name), []
+    for t in TOKENS:
+        variants = ["committed", *(RING if t <= 8 else ())]
+        refs = references(lb, t)
+        checks = {v: check(lb, fn, t, v, refs) for v in variants}
+        calls = {"committed": lb.int4_call(t, committed_config(lb.geo, t))}
+        out = cupy.empty((t, lb.geo.hidden), dtype=cupy.uint16)
+        calls.update({v: ring_call(lb, fn, t, v, out) for v in variants[1:]})
+        times = alternate(calls)
+        after = {v: check(lb, fn, t, v, refs, routings=1) for v in variants}
+        med = {v: statistics.median(ts) for v, ts in times.items()}
+        rows.append({"model": name, "tokens": t, "committed_config": committed_config(lb.geo, t).to_dict(),
+                     "checks": checks, "checks_after_timing": after, "us": times, "median_us": med,
+                     "mean_distinct_experts": lb.mean_distinct(t),
+                     "mean_bytes": lb.mean_distinct(t) * lb.geo.expert_bytes_int4})
+        sys.stdout.write(f"{name} T={t}: " + " ".join(
+            f"{v} {us:.1f}{'' if checks[v]['passed'] and after[v]['passed'] else ' FAILED'}" for v, us in med.items()) + "\n")
+        sys.stdout.flush()
+    bad = {v: bad_id_flagged(lb, fn, v) for v in RING}
+    del lb
+    cupy.get_default_memory_pool().free_all_blocks()
+    return rows, bad
+
+
+def table(path: str) -> str:
+    """Markdown: the committed kernel and every ring variant per model and T (µs, % against committed), then % of
+    this call's 2 GiB device copy and the speedup over run 13's cupy.matmul for the committed kernel and the best."""
+    d = json.loads(Path(path).read_text())
+    bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
+    mm = {(b["model"], b["tokens"]): b["cupy.matmul_us"] for b in bench["rows"]}
+    hbm, names = d["hbm_copy_gbps_2gib"], list(RING)
+    out = ("| model | T | committed µs | " + " | ".join(names) + " | best | % HBM committed / best | "
+           "speedup over cupy.matmul (run 13) committed / best |\n" + "|---" * (len(names) + 6) + "|\n")
+    for r in d["rows"]:
+        med, c = r["median_us"], r["median_us"]["committed"]
+        cells = [f"{med[v]:.1f} ({100 * (med[v] / c - 1):+.1f} %)" if v in med else "-" for v in names]
+        ring = {v: med[v] for v in names if v in med}
+        best = min(ring, key=ring.get) if ring else None
+        b = ring[best] if best else c
+        m = mm.get((r["model"], r["tokens"]))
+        gbps = r["mean_bytes"] / 1e3
+        out += (f"| {r['model']} | {r['tokens']} | {c:.1f} | " + " | ".join(cells) + f" | {best or '-'} | "
+                f"{100 * gbps / c / hbm:.1f} / {100 * gbps / b / hbm:.1f} | "
+                + (f"{m / c:.2f} / {m / b:.2f}" if m else "-") + " |\n")
+    return out
+
+
+def main() -> None:
+    if "--table" in sys.argv:
+        sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
+        return
+    import cupy
+
+    from moespeq.runtime import moe_kernels as mk
+    from moespeq.runtime.copy_bench import hbm_copy_gbps
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    fn = ring_kernel()
+    committed = {f: mk.get_kernel("int4_moe", f) for f in ("moe_int4_t8", "moe_int4_t16")}
+    result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
+              "ring": {v: dict(zip(("consumer_warps", "blocks_per_sm", "chunks", "stages"), c)) for v, c in RING.items()},
+              "registers": {"moe_int4_ring_t8": fn.num_regs, **{f: k.num_regs for f, k in committed.items()}},
+              "ring_static_shared_bytes": fn.shared_size_bytes,
+              "ring_resident_blocks_per_sm": {v: resident_blocks(fn, v) for v in RING},
+              "hbm_copy_gbps_2gib": hbm_copy_gbps(), "rows": [], "bad_id_flagged": {}}
+    sys.stdout.write(json.dumps({k: result[k] for k in ("registers", "ring_static_shared_bytes",
+                                                         "ring_resident_blocks_per_sm", "hbm_copy_gbps_2gib")}) + "\n")
+    for name in MODELS:
+        rows, bad = measure(name, fn)
+        result["rows"] += rows
+        result["bad_id_flagged"][name] = bad
+        (OUT / "bulk_ring.json").write_text(json.dumps(result, indent=1) + "\n")  # kept if a later model fails
+    result["all_checks_passed"] = all(c["passed"] for r in result["rows"] for k in ("checks", "checks_after_timing")
+                                      for c in r[k].values()) and all(
+        ok for bad in result["bad_id_flagged"].values() for ok in bad.values())
+    (OUT / "bulk_ring.json").write_text(json.dumps(result, indent=1) + "\n")
+    sys.stdout.write(table(str(OUT / "bulk_ring.json")) + f"all checks passed: {result['all_checks_passed']}\n")
+
+
+if __name__ == "__main__":
+    main()
