@@ -174,7 +174,7 @@ struct __align__(16) RingShared {
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES];
     RingStage stage[RING_MAX_STAGES];
     float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity
-    float tile[MOE_TILE];                // phase-2 partial in token space (consumer warp 0)
+    float tile[MOE_MAX_WARPS][MOE_TILE];  // per-warp phase-2 partial in token space
     int ticket;
 };
 
@@ -220,7 +220,7 @@ struct RingGeometry {
 };
 
 // The producer lane: claim items, put their bytes in flight, stage by stage, until the tickets run out.
-__device__ void ring_produce(const Routing& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
+__device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
                              const Int4Weights& w, const RingGeometry& g, int n_p1, int total) {
     const int FT = p.F / 16, DT = p.D / 16, KC1 = p.D / 64, G1 = p.D / 128, KC2 = p.F / 64, G2 = p.F / 128;
     int ticket = S.ticket, k = 0;
@@ -273,7 +273,7 @@ __device__ void ring_produce(const Routing& R, RingShared& S, unsigned char* rin
 
 // The consumer warps: every stage in order; this warp's groups of it; at an item's last stage the fixed-order
 // sum over the consumer warps and the item's output (h and its count, or the phase-2 partial and reduction).
-__device__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring, const MoeArgs& p,
+__device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring, const MoeArgs& p,
                              const RingGeometry& g, int n_p1, int consumers) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
     const int FT = p.F / 16, DT = p.D / 16;
@@ -334,12 +334,15 @@ __device__ void ring_consume(const Routing& R, RingShared& S, const unsigned cha
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage
         if (!(st.flags & RING_LAST)) continue;
-        // the item's fixed-order sum over the consumer warps: S.red by item parity, so one barrier per item
-        float (*red)[8][32] = S.red[items++ & 1];
+        // the item's fixed-order sum over the consumer warps: S.red by item parity, so one barrier per item. The
+        // item's output (its fences and atomics, a phase-2 reduction) goes to the warps in turn, so that no one
+        // warp falls behind the others on the stages that follow.
+        float (*red)[8][32] = S.red[items & 1];
+        const int lead = items++ % consumers;
 #pragma unroll
         for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i];
         consumer_sync(consumers);
-        if (warp != 0) continue;
+        if (warp != lead) continue;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             float v = red[0][i][lane];
@@ -360,13 +363,14 @@ __device__ void ring_consume(const Routing& R, RingShared& S, const unsigned cha
             if (lane == 0) atomicAdd(&p1_done[it.u], 1);
             continue;
         }
-        float4* tile4 = reinterpret_cast<float4*>(S.tile) + 2 * lane;
+        float* tile = S.tile[warp];
+        float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;
         tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         __syncwarp();
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int tok = 2 * c + (i & 1);
-            if (tok < cnt) S.tile[(gl + 8 * (i >> 1)) * 16 + R.token[it.u][tok]] = R.weight[it.u][tok] * acc[i];
+            if (tok < cnt) tile[(gl + 8 * (i >> 1)) * 16 + R.token[it.u][tok]] = R.weight[it.u][tok] * acc[i];
         }
         __syncwarp();
         const int r = it.r0;
@@ -385,7 +389,7 @@ __device__ void ring_consume(const Routing& R, RingShared& S, const unsigned cha
     }
 }
 
-__device__ void moe_int4_ring(const MoeArgs& p, const Int4Weights& w, const RingGeometry& g) {
+__device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weights& w, const RingGeometry& g) {
     __shared__ Routing R;
     __shared__ RingShared S;
     extern __shared__ __align__(128) unsigned char ring[];

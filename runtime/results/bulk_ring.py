@@ -223,7 +223,7 @@ def main() -> None:
     fn = ring_kernel()
     committed = {f: mk.get_kernel("int4_moe", f) for f in ("moe_int4_t8", "moe_int4_t16")}
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
-              "ring": {v: dict(zip(("consumer_warps", "blocks_per_sm", "chunks", "stages"), c)) for v, c in RING.items()},
+              "ring": {v: dict(zip(("consumer_warps", "blocks_per_sm", "chunks", "stages"), c, strict=True)) for v, c in RING.items()},
               "registers": {"moe_int4_ring_t8": fn.num_regs, **{f: k.num_regs for f, k in committed.items()}},
               "ring_static_shared_bytes": fn.shared_size_bytes,
               "ring_resident_blocks_per_sm": {v: resident_blocks(fn, v) for v in RING},
