@@ -50,12 +50,13 @@ struct Int4Weights {
     }
 
     // acc[m][NT][4] += scale-per-row * (q_m @ b) for the M matrices (gate and up, or down) of one 128-wide
-    // group, two chunks. The B rows of a chunk are loaded once for all M (L1 hits: prefetch_rows); loading
+    // group, two chunks; load_b(b, nt, kc) gives the B halves of token tile nt for chunk kc (this lane's
+    // column). The B rows of a chunk are loaded once for all M (L1 hits: prefetch_rows); loading
     // them per chunk rather than all up front keeps the kernel at <= 128 registers, and occupancy mattered
     // more than the hoist in measurements (runtime/results/README.md).
-    template <int NT, int M>
+    template <int NT, int M, class LoadB>
     static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[M][2], const unsigned (&scales)[M],
-                                                     const bf16_t* const* rows, int grp, int c, bool two) {
+                                                     LoadB load_b, int grp, bool two) {
         float t[M][NT][4];
 #pragma unroll
         for (int m = 0; m < M; ++m)
@@ -68,7 +69,7 @@ struct Int4Weights {
             uint4 b[NT][2];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                if (nt == 0 || two) load_b(b[nt], rows[nt], 2 * grp + kk, c);
+                if (nt == 0 || two) load_b(b[nt], nt, 2 * grp + kk);
             }
 #pragma unroll
             for (int m = 0; m < M; ++m) {
@@ -123,7 +124,10 @@ struct Int4Weights {
                 s.s[1] = ld_stream32(us + grp * 8);
                 return s;
             },
-            [&](const Stage<2>& s, int grp) { group_mma<NT, 2>(acc, s.w, s.s, xrow, grp, c, two); });
+            [&](const Stage<2>& s, int grp) {
+                group_mma<NT, 2>(acc, s.w, s.s, [&](uint4 (&b)[2], int nt, int kc) { load_b(b, xrow[nt], kc, c); }, grp,
+                                 two);
+            });
     }
 
     // split j of J over the chunks of F, in whole 128-wide groups (a group shares its scales)
@@ -149,19 +153,25 @@ struct Int4Weights {
                 s.s[0] = ld_stream32(ds + grp * 8);
                 return s;
             },
-            [&](const Stage<1>& s, int grp) { group_mma<NT, 1>(acc, s.w, s.s, hrow, grp, c, two); });
+            [&](const Stage<1>& s, int grp) {
+                group_mma<NT, 1>(acc, s.w, s.s, [&](uint4 (&b)[2], int nt, int kc) { load_b(b, hrow[nt], kc, c); }, grp,
+                                 two);
+            });
     }
 };
 
-// ---- T <= 8: a block-level bulk-copy ring -----------------------------------------------------------------
+// ---- small T: a block-level bulk-copy ring -------------------------------------------------------------------
 // At small T the register pipelines above hold ~2 groups per warp in flight and drain at every item, so the
 // stream is latency-bound (runtime/results/README.md, runs 16-18). Here one lane of a producer warp claims the
 // block's items (the same tickets and two-phase order as moe_layer) and streams each item's packed words with a
 // few large cp.async.bulk copies into a ring of `stages` shared-memory stages, each tracked by a full and an
 // empty mbarrier; it runs ahead across item boundaries, so the ring stays full while consumers finish an item.
 // A stage holds `chunks` 64-wide chunks of a phase-1 row tile's gate and of its up (codes, then scales), or
-// 2 * `chunks` chunks of a phase-2 row tile's down. The consumer warps (all but the last) take the stage's
-// 128-wide groups round robin, so each item's k split over them is fixed: the fixed-order sum stays deterministic.
+// 2 * `chunks` chunks of a phase-2 row tile's down and the same columns of the expert's h rows. x is copied to
+// shared memory once per block. B operands come from shared memory, so no fence can evict them (in L1 they
+// were re-read from L2 after every item's fence: run 19's first call). The consumer warps (all but the last)
+// take the stage's 128-wide groups round robin, so each item's k split over them is fixed and the fixed-order
+// sum stays deterministic.
 
 #define RING_MAX_STAGES 16
 
@@ -171,16 +181,13 @@ struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunk
 #define RING_END -1   // ticket of the stage that tells the consumers to leave
 
 struct __align__(16) RingShared {
-    unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES];
+    unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
     RingStage stage[RING_MAX_STAGES];
     float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity
-    float tile[MOE_MAX_WARPS][MOE_TILE];  // per-warp phase-2 partial in token space
     int ticket;
 };
 
-__device__ __forceinline__ unsigned smem_addr(const void* ptr) {
-    return (unsigned)__cvta_generic_to_shared(ptr);
-}
+__device__ __forceinline__ unsigned smem_addr(const void* ptr) { return (unsigned)__cvta_generic_to_shared(ptr); }
 
 __device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(bar)), "r"(count) : "memory");
@@ -210,58 +217,81 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                  :: "r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 }
 
+__device__ __forceinline__ uint4 ld_shared4(const void* ptr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(smem_addr(ptr)));
+    return v;
+}
+
 __device__ __forceinline__ void consumer_sync(int consumers) {  // named barrier 1: the consumer warps only
     asm volatile("bar.sync 1, %0;" :: "r"(32 * consumers) : "memory");
 }
 
+// Dynamic shared memory: `stages` stages, then x. A stage: codes of 2 * chunks chunks (512 B each), their
+// scales (16 B per chunk), then (phase 2) T rows of 2 * chunks chunks of h (128 B per chunk). Token rows are
+// 64 B longer than their data, so that 8 rows read at one column fall into both halves of the banks.
 struct RingGeometry {
-    int stages, chunks, stage_bytes;  // stage layout: codes of 2 * chunks chunks (512 B each), then their scales
-    __device__ RingGeometry(int s, int c) : stages(s), chunks(c), stage_bytes(c * 1056) {}
+    int stages, chunks, h_stride, stage_bytes, x_stride;
+    __device__ RingGeometry(int s, int c, int T, int D)
+        : stages(s), chunks(c), h_stride(256 * c + 64), stage_bytes(1056 * c + T * (256 * c + 64)), x_stride(2 * D + 64) {}
+    __device__ int scales_at() const { return 1024 * chunks; }
+    __device__ int h_at() const { return 1056 * chunks; }
 };
 
-// The producer lane: claim items, put their bytes in flight, stage by stage, until the tickets run out.
+// The producer lane: x, then the items' bytes, stage by stage, until the tickets run out.
 __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
-                             const Int4Weights& w, const RingGeometry& g, int n_p1, int total) {
+                                             const Int4Weights& w, const RingGeometry& g, int n_p1, int total) {
     const int FT = p.F / 16, DT = p.D / 16, KC1 = p.D / 64, G1 = p.D / 128, KC2 = p.F / 64, G2 = p.F / 128;
-    int ticket = S.ticket, k = 0;
+    const int* p1_done = p.counters + CTR_ROWS + DT;
+    unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
+    mbar_arrive_tx(&S.x_full, p.T * p.D * 2);
+    for (int t = 0; t < p.T; ++t) bulk_copy(xs + t * g.x_stride, p.x + (size_t)t * p.D, p.D * 2, &S.x_full);
+    int ticket = S.ticket, k = 0, ready_u = -1;
     for (;;) {
         const int next = ticket < total ? atomicAdd(&p.counters[CTR_TICKET], 1) : 0;  // its latency overlaps the copies
-        const int slot = k % g.stages;
-        if (k >= g.stages) mbar_wait(&S.empty[slot], (k / g.stages - 1) & 1);
         if (ticket >= total) {
-            S.stage[slot] = {RING_END, 0, 0, 0};
-            mbar_arrive(&S.full[slot]);
+            const int s = k % g.stages;
+            if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
+            S.stage[s] = {RING_END, 0, 0, 0};
+            mbar_arrive(&S.full[s]);
             return;
         }
         const Item it = decode(ticket, n_p1, FT, DT, p.J);
         const size_t e = R.ref[it.u];
+        const int cnt = R.count[it.u];
         int lo = 0, hi = KC1, step = g.chunks;
         if (it.phase == 2) {
             Int4Weights::split(KC2, p.J, it.j, lo, hi);
             step = 2 * g.chunks;
+            if (it.u > ready_u) {  // the h copies below read what other blocks wrote: wait, then order the proxies
+                while (ld_acquire(&p1_done[it.u]) < FT) __nanosleep(64);
+                asm volatile("fence.proxy.async.global;" ::: "memory");
+                ready_u = it.u;
+            }
         }
         for (int c0 = lo;; c0 += step) {
             const int c1 = min(hi, c0 + step), n = c1 - c0, s = k % g.stages;
-            if (c0 != lo && k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
+            if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
-            const int flags = (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0);
-            S.stage[s] = {ticket, c0, c1, flags};
+            S.stage[s] = {ticket, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
             if (it.phase == 1) {
                 const size_t tile = e * FT + it.r0;
                 mbar_arrive_tx(&S.full[s], n * 1056);
-                if (n > 0) {
-                    bulk_copy(st, w.gate_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
-                    bulk_copy(st + g.chunks * 512, w.up_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
-                    bulk_copy(st + 2 * g.chunks * 512, w.gate_s + (tile * G1 + c0 / 2) * 8, n * 16, &S.full[s]);
-                    bulk_copy(st + 2 * g.chunks * 512 + g.chunks * 16, w.up_s + (tile * G1 + c0 / 2) * 8, n * 16,
-                              &S.full[s]);
-                }
+                bulk_copy(st, w.gate_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
+                bulk_copy(st + g.chunks * 512, w.up_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
+                bulk_copy(st + g.scales_at(), w.gate_s + (tile * G1 + c0 / 2) * 8, n * 16, &S.full[s]);
+                bulk_copy(st + g.scales_at() + g.chunks * 16, w.up_s + (tile * G1 + c0 / 2) * 8, n * 16, &S.full[s]);
             } else {
                 const size_t tile = e * DT + it.r0;
-                mbar_arrive_tx(&S.full[s], n * 528);
-                if (n > 0) {
+                mbar_arrive_tx(&S.full[s], n * (528 + 128 * cnt));
+                if (n > 0) {  // an empty split (more splits than groups) still completes its item
                     bulk_copy(st, w.down_q + (tile * KC2 + c0) * 32, n * 512, &S.full[s]);
-                    bulk_copy(st + 2 * g.chunks * 512, w.down_s + (tile * G2 + c0 / 2) * 8, n * 16, &S.full[s]);
+                    bulk_copy(st + g.scales_at(), w.down_s + (tile * G2 + c0 / 2) * 8, n * 16, &S.full[s]);
+                    for (int t = 0; t < cnt; ++t) {
+                        bulk_copy(st + g.h_at() + t * g.h_stride,
+                                  p.hbuf + ((size_t)it.u * MOE_MAX_TOKENS + t) * p.F + 64 * c0, n * 128, &S.full[s]);
+                    }
                 }
             }
             ++k;
@@ -273,14 +303,15 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
 
 // The consumer warps: every stage in order; this warp's groups of it; at an item's last stage the fixed-order
 // sum over the consumer warps and the item's output (h and its count, or the phase-2 partial and reduction).
-__device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring, const MoeArgs& p,
-                             const RingGeometry& g, int n_p1, int consumers) {
+__device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring,
+                                             const MoeArgs& p, const RingGeometry& g, int n_p1, int consumers) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
     const int FT = p.F / 16, DT = p.D / 16;
     int* p1_done = p.counters + CTR_ROWS + DT;
+    const unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
     float acc[8];
-    const bf16_t* row = p.x;  // B rows of this lane's token: x in phase 1, h in phase 2
-    int ready_u = -1, items = 0;
+    int items = 0;
+    mbar_wait(&S.x_full, 0);
     for (int k = 0;; ++k) {
         const int s = k % g.stages;
         mbar_wait(&S.full[s], (k / g.stages) & 1);
@@ -291,25 +322,17 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         if (st.flags & RING_FIRST) {
 #pragma unroll
             for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-            if (it.phase == 1) {
-                row = p.x + (size_t)R.token[it.u][n] * p.D;
-            } else {
-                row = p.hbuf + ((size_t)it.u * MOE_MAX_TOKENS + n) * p.F;
-                if (it.u > ready_u) {  // h of expert u complete (see ld_const for why the acquire suffices)
-                    if (lane == 0) {
-                        while (ld_acquire(&p1_done[it.u]) < FT) __nanosleep(64);
-                    }
-                    __syncwarp();
-                    ready_u = it.u;
-                }
-            }
         }
-        const uint4* codes = reinterpret_cast<const uint4*>(ring + (size_t)s * g.stage_bytes) + lane;
-        const unsigned* scales = reinterpret_cast<const unsigned*>(ring + (size_t)s * g.stage_bytes + g.chunks * 1024)
-                                 + (lane >> 2);
+        const unsigned char* base = ring + (size_t)s * g.stage_bytes;
+        const uint4* codes = reinterpret_cast<const uint4*>(base) + lane;
+        const unsigned* scales = reinterpret_cast<const unsigned*>(base + g.scales_at()) + (lane >> 2);
         const int groups = (st.c1 - st.c0) / 2;
-        const bf16_t* const rows[1] = {row};
         if (it.phase == 1) {
+            const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
+            const auto load_x = [&](uint4 (&b)[2], int, int kc) {
+                b[0] = ld_shared4(xrow + 128 * kc);
+                b[1] = ld_shared4(xrow + 128 * kc + 64);
+            };
             for (int q = warp; q < groups; q += consumers) {
                 uint4 wq[2][2];
                 unsigned sc[2];
@@ -319,16 +342,21 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                     wq[m][1] = codes[(m * g.chunks + 2 * q + 1) * 32];
                     sc[m] = scales[(m * g.chunks / 2 + q) * 8];
                 }
-                Int4Weights::group_mma<1, 2>(acc, wq, sc, rows, st.c0 / 2 + q, c, false);
+                Int4Weights::group_mma<1, 2>(acc, wq, sc, load_x, st.c0 / 2 + q, false);
             }
         } else {
+            const unsigned char* hrow = base + g.h_at() + n * g.h_stride + 16 * c - 128 * st.c0;
+            const auto load_h = [&](uint4 (&b)[2], int, int kc) {
+                b[0] = ld_shared4(hrow + 128 * kc);
+                b[1] = ld_shared4(hrow + 128 * kc + 64);
+            };
             for (int q = warp; q < groups; q += consumers) {
                 uint4 wq[1][2];
                 unsigned sc[1];
                 wq[0][0] = codes[(2 * q) * 32];
                 wq[0][1] = codes[(2 * q + 1) * 32];
                 sc[0] = scales[q * 8];
-                Int4Weights::group_mma<1, 1>(acc, wq, sc, rows, st.c0 / 2 + q, c, false);
+                Int4Weights::group_mma<1, 1>(acc, wq, sc, load_h, st.c0 / 2 + q, false);
             }
         }
         __syncwarp();
@@ -363,8 +391,10 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
             if (lane == 0) atomicAdd(&p1_done[it.u], 1);
             continue;
         }
-        float* tile = S.tile[warp];
+        // this item's own red row is free until the next barrier of this parity: the token-space tile
+        float* tile = &red[warp][0][0];
         float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;
+        __syncwarp();
         tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         __syncwarp();
 #pragma unroll
@@ -400,9 +430,9 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
             mbar_init(&S.full[s], 1);           // the producer's arrive, plus the stage's bytes
             mbar_init(&S.empty[s], consumers);  // one arrive per consumer warp
         }
+        mbar_init(&S.x_full, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    prefetch_rows([&](int n) { return p.x + (size_t)n * p.D; }, p.T, 0, p.D / 64);
     build_routing(R, p, w);  // ends with a barrier, which also publishes S.ticket and the barriers
     const int n_p1 = R.n_used * (p.F / 16), total = n_p1 + R.n_used * (p.D / 16) * p.J;
     if ((tid >> 5) == consumers) {
@@ -445,8 +475,8 @@ __device__ __forceinline__ void moe_int4(const bf16_t* x, const int* ids, const 
 MOE_INT4_ENTRY(moe_int4_t8, 1, __launch_bounds__(MOE_MAX_WARPS * 32))
 MOE_INT4_ENTRY(moe_int4_t16, 2, __maxnreg__(168))
 
-// T <= 8 through the bulk-copy ring: `stages` stages of `chunks` chunks per matrix in dynamic shared memory;
-// the block's last warp produces, the others consume (at most MOE_MAX_WARPS of them)
+// T <= 8 through the bulk-copy ring: `stages` stages of `chunks` chunks per matrix and x in dynamic shared
+// memory (RingGeometry); the block's last warp produces, the others consume (at most MOE_MAX_WARPS of them)
 extern "C" __global__ void __launch_bounds__((MOE_MAX_WARPS + 1) * 32) moe_int4_ring_t8(
     const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q, const unsigned* gate_s,
     const uint4* up_q, const unsigned* up_s, const uint4* down_q, const unsigned* down_s, bf16_t* y,
@@ -454,5 +484,5 @@ extern "C" __global__ void __launch_bounds__((MOE_MAX_WARPS + 1) * 32) moe_int4_
     int u_cap, int stages, int chunks) {
     const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, KS, u_cap};
     const Int4Weights w{gate_q, gate_s, up_q, up_s, down_q, down_s};
-    moe_int4_ring(p, w, RingGeometry(stages, chunks));
+    moe_int4_ring(p, w, RingGeometry(stages, chunks, T, D));
 }

@@ -5,7 +5,8 @@ the four benchmark models at T = 1, 2, 4, 8 (16: the committed kernel alone, whi
 committed  the two-phase kernel at the launch parameters of runtime/configs/NVIDIA_H200.json (run 13's tuning).
 ring       moe_int4_ring_t8 at each of RING: N consumer warps plus one producer warp per block, M blocks per SM,
            stages of C 64-wide chunks per matrix (phase 1: gate and up of one 16-row tile; phase 2: 2C chunks of
-           down), S stages of dynamic shared memory; one split of F in the down projection.
+           down and of h), as many stages as fit the shared memory of M blocks beside x (at most 16, at least
+           2, else the variant is left out at that T); one split of F in the down projection.
 Every candidate is first checked on three routings against the reference (rel err <= 1e-2, every output written,
 counters re-armed, a rerun bit-identical), and a bad expert id is flagged on the ring path; after the timing the
 first routing is checked again (the timed launches alternated both paths on one workspace). Times alternate
@@ -31,25 +32,39 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 TOKENS = (1, 2, 4, 8, 16)
 ROUNDS, ITERS = 5, 100
-RING = {"w8b1c32s5": (8, 1, 32, 5), "w8b1c16s11": (8, 1, 16, 11), "w4b1c32s5": (4, 1, 32, 5),
-        "w4b2c16s4": (4, 2, 16, 4), "w8b2c16s4": (8, 2, 16, 4)}
-STAGE_BYTES_PER_CHUNK = 1056  # codes of 2 chunks (2 x 512 B) and their scales (2 x 16 B): RingGeometry
+RING = {"w8b1c16": (8, 1, 16), "w8b1c32": (8, 1, 32), "w4b2c16": (4, 2, 16), "w8b2c16": (8, 2, 16),
+        "w8b2c8": (8, 2, 8)}
+SMEM_PER_SM, SMEM_PER_BLOCK, SMEM_RESERVED = 233472, 232448, 1024  # H100 / H200: 228 KiB per SM, 227 per block
+MAX_STAGES = 16  # RING_MAX_STAGES
+
+
+def ring_bytes(chunks: int, stages: int, tokens: int, hidden: int) -> int:
+    """Dynamic shared memory of RingGeometry: the stages (codes, scales, h rows), then x (rows 64 B longer)."""
+    return stages * (1056 * chunks + tokens * (256 * chunks + 64)) + tokens * (2 * hidden + 64)
+
+
+def ring_stages(fn, v: str, tokens: int, hidden: int) -> int:
+    """The most stages that fit beside x in the shared memory of the variant's blocks (0: fewer than 2)."""
+    _, blocks, chunks = RING[v]
+    budget = min(SMEM_PER_BLOCK, SMEM_PER_SM // blocks - SMEM_RESERVED) - fn.shared_size_bytes
+    stages = max(s for s in range(MAX_STAGES + 1) if s == 0 or ring_bytes(chunks, s, tokens, hidden) <= budget)
+    return stages if stages >= 2 else 0
 
 
 def ring_kernel():
     from moespeq.runtime import moe_kernels as mk
 
     fn = mk.get_kernel("int4_moe", "moe_int4_ring_t8")
-    fn.max_dynamic_shared_size_bytes = max(c * s * STAGE_BYTES_PER_CHUNK for _, _, c, s in RING.values())
+    fn.max_dynamic_shared_size_bytes = SMEM_PER_BLOCK - fn.shared_size_bytes
     return fn
 
 
-def resident_blocks(fn, v: str) -> int:
+def resident_blocks(fn, v: str, tokens: int, hidden: int) -> int:
     import cupy
 
-    warps, _, chunks, stages = RING[v]
-    return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-        fn.ptr, 32 * (warps + 1), chunks * stages * STAGE_BYTES_PER_CHUNK)
+    warps, _, chunks = RING[v]
+    shared = ring_bytes(chunks, ring_stages(fn, v, tokens, hidden), tokens, hidden)
+    return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, 32 * (warps + 1), shared)
 
 
 def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None):
@@ -58,10 +73,12 @@ def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None)
 
     from moespeq.runtime import moe_kernels as mk
 
-    warps, blocks, chunks, stages = RING[v]
+    warps, blocks, chunks = RING[v]
+    stages = ring_stages(fn, v, tokens, lb.geo.hidden)
     sets, xs, layers = sets or lb.routing(tokens), xs or lb.xs[tokens], layers or lb.int4_layers
     geo, ws = lb.geo, lb.workspace
-    grid, block, shared = (mk.device_info().sm_count * blocks,), (32 * (warps + 1),), chunks * stages * STAGE_BYTES_PER_CHUNK
+    grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + 1),)
+    shared = ring_bytes(chunks, stages, tokens, geo.hidden)
 
     def call(i: int) -> None:
         r, e = sets[i % len(sets)], layers[i % len(layers)]
@@ -165,7 +182,7 @@ def measure(name: str, fn) -> list[dict]:
 
     lb, rows = build(name), []
     for t in TOKENS:
-        variants = ["committed", *(RING if t <= 8 else ())]
+        variants = ["committed", *(v for v in RING if t <= 8 and ring_stages(fn, v, t, lb.geo.hidden))]
         refs = references(lb, t)
         checks = {v: check(lb, fn, t, v, refs) for v in variants}
         calls = {"committed": lb.int4_call(t, committed_config(lb.geo, t))}
@@ -175,13 +192,15 @@ def measure(name: str, fn) -> list[dict]:
         after = {v: check(lb, fn, t, v, refs, routings=1) for v in variants}
         med = {v: statistics.median(ts) for v, ts in times.items()}
         rows.append({"model": name, "tokens": t, "committed_config": committed_config(lb.geo, t).to_dict(),
+                     "ring_stages": {v: ring_stages(fn, v, t, lb.geo.hidden) for v in variants[1:]},
+                     "ring_resident_blocks_per_sm": {v: resident_blocks(fn, v, t, lb.geo.hidden) for v in variants[1:]},
                      "checks": checks, "checks_after_timing": after, "us": times, "median_us": med,
                      "mean_distinct_experts": lb.mean_distinct(t),
                      "mean_bytes": lb.mean_distinct(t) * lb.geo.expert_bytes_int4})
         sys.stdout.write(f"{name} T={t}: " + " ".join(
             f"{v} {us:.1f}{'' if checks[v]['passed'] and after[v]['passed'] else ' FAILED'}" for v, us in med.items()) + "\n")
         sys.stdout.flush()
-    bad = {v: bad_id_flagged(lb, fn, v) for v in RING}
+    bad = {v: bad_id_flagged(lb, fn, v) for v in RING if ring_stages(fn, v, 2, lb.geo.hidden)}
     del lb
     cupy.get_default_memory_pool().free_all_blocks()
     return rows, bad
@@ -223,13 +242,12 @@ def main() -> None:
     fn = ring_kernel()
     committed = {f: mk.get_kernel("int4_moe", f) for f in ("moe_int4_t8", "moe_int4_t16")}
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
-              "ring": {v: dict(zip(("consumer_warps", "blocks_per_sm", "chunks", "stages"), c, strict=True)) for v, c in RING.items()},
+              "ring": {v: dict(zip(("consumer_warps", "blocks_per_sm", "chunks"), c, strict=True)) for v, c in RING.items()},
               "registers": {"moe_int4_ring_t8": fn.num_regs, **{f: k.num_regs for f, k in committed.items()}},
               "ring_static_shared_bytes": fn.shared_size_bytes,
-              "ring_resident_blocks_per_sm": {v: resident_blocks(fn, v) for v in RING},
               "hbm_copy_gbps_2gib": hbm_copy_gbps(), "rows": [], "bad_id_flagged": {}}
     sys.stdout.write(json.dumps({k: result[k] for k in ("registers", "ring_static_shared_bytes",
-                                                         "ring_resident_blocks_per_sm", "hbm_copy_gbps_2gib")}) + "\n")
+                                                         "hbm_copy_gbps_2gib")}) + "\n")
     for name in MODELS:
         rows, bad = measure(name, fn)
         result["rows"] += rows
