@@ -174,6 +174,9 @@ struct Int4Weights {
 // sum stays deterministic.
 
 #define RING_MAX_STAGES 16
+#ifndef RING_DIAG
+#define RING_DIAG 0  // timing only, results wrong: 1 consumers skip the groups (the stream alone), 2 each slot is
+#endif               // filled on its first use only (the consumers alone, on stale bytes)
 
 struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunks [c0, c1) here; flags below
 #define RING_FIRST 1  // first stage of its item
@@ -181,9 +184,10 @@ struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunk
 #define RING_END -1   // ticket of the stage that tells the consumers to leave
 
 struct __align__(16) RingShared {
+    float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity (first:
+                                         // a phase-2 tile in it is read as float4)
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
     RingStage stage[RING_MAX_STAGES];
-    float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity
     int ticket;
 };
 
@@ -275,7 +279,9 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
             if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
             S.stage[s] = {ticket, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
-            if (it.phase == 1) {
+            if (RING_DIAG == 2 && k >= g.stages) {
+                mbar_arrive(&S.full[s]);
+            } else if (it.phase == 1) {
                 const size_t tile = e * FT + it.r0;
                 mbar_arrive_tx(&S.full[s], n * 1056);
                 bulk_copy(st, w.gate_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
@@ -326,7 +332,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         const unsigned char* base = ring + (size_t)s * g.stage_bytes;
         const uint4* codes = reinterpret_cast<const uint4*>(base) + lane;
         const unsigned* scales = reinterpret_cast<const unsigned*>(base + g.scales_at()) + (lane >> 2);
-        const int groups = (st.c1 - st.c0) / 2;
+        const int groups = RING_DIAG == 1 ? 0 : (st.c1 - st.c0) / 2;
         if (it.phase == 1) {
             const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
             const auto load_x = [&](uint4 (&b)[2], int, int kc) {

@@ -13,8 +13,13 @@ first routing is checked again (the timed launches alternated both paths on one 
 candidate by candidate over ROUNDS rounds of ITERS calls on runtime/kernel_bench.py's rotated weight copies and
 routings (each call another routing and another copy).
 
+--diag times, for phi-3.5-moe and mixtral-8x7b at T = 1 and 2, every ring variant compiled three ways beside the
+committed kernel: as is, RING_DIAG=1 (consumers skip the groups: the ring's stream alone) and RING_DIAG=2 (each slot
+filled on its first use only: the consumers alone, on stale bytes); both switches are timing only (wrong results).
+
 Usage (repository root, after `pip install -e .`):
     python3 runtime/results/bulk_ring.py            # writes $OUT/bulk_ring.json, prints the table
+    python3 runtime/results/bulk_ring.py --diag     # writes $OUT/bulk_ring_diag.json, prints its table
     python3 runtime/results/bulk_ring.py --table runtime/results/bulk_ring_run19_h200.json   # the README's table
 """
 
@@ -229,7 +234,48 @@ def table(path: str) -> str:
     return out
 
 
+DIAG_MODELS, DIAG_TOKENS = ("phi-3.5-moe", "mixtral-8x7b"), (1, 2)
+
+
+def diag() -> None:
+    import cupy
+
+    from moespeq.runtime.kernel_source import kernel_source
+    from moespeq.runtime.moe_kernels import _OPTIONS
+
+    fns = {}
+    for d in (0, 1, 2):
+        fn = cupy.RawModule(code=kernel_source("int4_moe"), options=(*_OPTIONS["int4_moe"], f"-DRING_DIAG={d}")
+                            ).get_function("moe_int4_ring_t8")
+        fn.max_dynamic_shared_size_bytes = SMEM_PER_BLOCK - fn.shared_size_bytes
+        fns[d] = fn
+    result = {"registers": {d: fn.num_regs for d, fn in fns.items()}, "rows": []}
+    for name in DIAG_MODELS:
+        lb = build(name)
+        for t in DIAG_TOKENS:
+            lb.routing(t)
+            out = cupy.empty((t, lb.geo.hidden), dtype=cupy.uint16)
+            calls = {"committed": lb.int4_call(t, committed_config(lb.geo, t))}
+            for v in RING:
+                if ring_stages(fns[0], v, t, lb.geo.hidden):
+                    calls.update({f"{v}/diag{d}": ring_call(lb, fn, t, v, out) for d, fn in fns.items()})
+            for v, call in calls.items():  # each finishes (a hang ends the script)
+                call(0)
+                finished_or_exit(f"{name} T={t} {v}")
+            times = alternate(calls)
+            med = {v: statistics.median(ts) for v, ts in times.items()}
+            result["rows"].append({"model": name, "tokens": t, "us": times, "median_us": med})
+            sys.stdout.write(f"{name} T={t}: " + " ".join(f"{v} {us:.1f}" for v, us in med.items()) + "\n")
+            (OUT / "bulk_ring_diag.json").write_text(json.dumps(result, indent=1) + "\n")
+        del lb
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
 def main() -> None:
+    if "--diag" in sys.argv:
+        OUT.mkdir(parents=True, exist_ok=True)
+        diag()
+        return
     if "--table" in sys.argv:
         sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
         return
