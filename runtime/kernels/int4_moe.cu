@@ -177,6 +177,12 @@ struct Int4Weights {
 #ifndef RING_DIAG
 #define RING_DIAG 0  // timing only, results wrong: 1 consumers skip the groups (the stream alone), 2 each slot is
 #endif               // filled on its first use only (the consumers alone, on stale bytes)
+#ifndef RING_PAIR
+#define RING_PAIR 0  // 1: a consumer warp takes its groups of a stage two at a time, into two accumulator sets
+#endif
+#ifndef RING_SPIN
+#define RING_SPIN 0  // 1: mbarrier waits poll (test_wait) instead of suspending (try_wait)
+#endif
 
 struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunks [c0, c1) here; flags below
 #define RING_FIRST 1  // first stage of its item
@@ -209,8 +215,13 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned pari
     const unsigned a = smem_addr(bar);
     unsigned done = 0;
     while (!done) {
+#if RING_SPIN
+        asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(a), "r"(parity) : "memory");
+#else
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done) : "r"(a), "r"(parity) : "memory");
+#endif
     }
 }
 
@@ -315,7 +326,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
     const int FT = p.F / 16, DT = p.D / 16;
     int* p1_done = p.counters + CTR_ROWS + DT;
     const unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
-    float acc[8];
+    float acc[8], acc2[8];  // acc2: the second group of a pair (RING_PAIR)
     int items = 0;
     mbar_wait(&S.x_full, 0);
     for (int k = 0;; ++k) {
@@ -327,7 +338,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         const int cnt = R.count[it.u], n = min(gl, cnt - 1);
         if (st.flags & RING_FIRST) {
 #pragma unroll
-            for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+            for (int i = 0; i < 8; ++i) acc[i] = acc2[i] = 0.0f;
         }
         const unsigned char* base = ring + (size_t)s * g.stage_bytes;
         const uint4* codes = reinterpret_cast<const uint4*>(base) + lane;
@@ -339,7 +350,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                 b[0] = ld_shared4(xrow + 128 * kc);
                 b[1] = ld_shared4(xrow + 128 * kc + 64);
             };
-            for (int q = warp; q < groups; q += consumers) {
+            const auto group = [&](float* a, int q) {
                 uint4 wq[2][2];
                 unsigned sc[2];
 #pragma unroll
@@ -348,22 +359,38 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                     wq[m][1] = codes[(m * g.chunks + 2 * q + 1) * 32];
                     sc[m] = scales[(m * g.chunks / 2 + q) * 8];
                 }
-                Int4Weights::group_mma<1, 2>(acc, wq, sc, load_x, st.c0 / 2 + q, false);
+                Int4Weights::group_mma<1, 2>(a, wq, sc, load_x, st.c0 / 2 + q, false);
+            };
+            int q = warp;
+#if RING_PAIR
+            for (; q + consumers < groups; q += 2 * consumers) {
+                group(acc, q);
+                group(acc2, q + consumers);
             }
+#endif
+            for (; q < groups; q += consumers) group(acc, q);
         } else {
             const unsigned char* hrow = base + g.h_at() + n * g.h_stride + 16 * c - 128 * st.c0;
             const auto load_h = [&](uint4 (&b)[2], int, int kc) {
                 b[0] = ld_shared4(hrow + 128 * kc);
                 b[1] = ld_shared4(hrow + 128 * kc + 64);
             };
-            for (int q = warp; q < groups; q += consumers) {
+            const auto group = [&](float* a, int q) {
                 uint4 wq[1][2];
                 unsigned sc[1];
                 wq[0][0] = codes[(2 * q) * 32];
                 wq[0][1] = codes[(2 * q + 1) * 32];
                 sc[0] = scales[q * 8];
-                Int4Weights::group_mma<1, 1>(acc, wq, sc, load_h, st.c0 / 2 + q, false);
+                Int4Weights::group_mma<1, 1>(a, wq, sc, load_h, st.c0 / 2 + q, false);
+            };
+            int q = warp;
+#if RING_PAIR
+            for (; q + consumers < groups; q += 2 * consumers) {
+                group(acc, q);
+                group(acc2, q + consumers);
             }
+#endif
+            for (; q < groups; q += consumers) group(acc, q);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage
@@ -374,7 +401,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         float (*red)[8][32] = S.red[items & 1];
         const int lead = items++ % consumers;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i];
+        for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i] + acc2[i];
         consumer_sync(consumers);
         if (warp != lead) continue;
 #pragma unroll

@@ -13,13 +13,19 @@ first routing is checked again (the timed launches alternated both paths on one 
 candidate by candidate over ROUNDS rounds of ITERS calls on runtime/kernel_bench.py's rotated weight copies and
 routings (each call another routing and another copy).
 
---diag times, for phi-3.5-moe and mixtral-8x7b at T = 1 and 2, every ring variant compiled three ways beside the
-committed kernel: as is, RING_DIAG=1 (consumers skip the groups: the ring's stream alone) and RING_DIAG=2 (each slot
-filled on its first use only: the consumers alone, on stale bytes); both switches are timing only (wrong results).
+--diag times, for phi-3.5-moe and mixtral-8x7b at T = 1 and 2, ring variants (DIAG_RING) compiled with each of
+DIAG_OPTIONS beside the committed kernel: RING_DIAG=1 (consumers skip the groups: the ring's stream alone) and
+RING_DIAG=2 (each slot filled on its first use only: the consumers alone, on stale bytes) are timing only (wrong
+results); RING_PAIR=1 (a consumer warp takes its groups two at a time, two accumulator sets) and RING_SPIN=1
+(mbarrier waits poll) are candidate changes, checked against the reference first. Run 19c's call
+(bulk_ring_diag_run19c_h200.json, commit 9971433) had every RING variant with RING_DIAG 0, 1, 2.
+--profile runs Nsight Compute (time_budget.NCU_ARGS) on one launch each of the committed kernel and PROFILED's
+ring variants, phi-3.5-moe at T = 1: $OUT/ncu_bulk_ring.txt.
 
 Usage (repository root, after `pip install -e .`):
     python3 runtime/results/bulk_ring.py            # writes $OUT/bulk_ring.json, prints the table
     python3 runtime/results/bulk_ring.py --diag     # writes $OUT/bulk_ring_diag.json, prints its table
+    python3 runtime/results/bulk_ring.py --profile  # writes $OUT/ncu_bulk_ring.txt
     python3 runtime/results/bulk_ring.py --table runtime/results/bulk_ring_run19_h200.json   # the README's table
 """
 
@@ -235,47 +241,91 @@ def table(path: str) -> str:
 
 
 DIAG_MODELS, DIAG_TOKENS = ("phi-3.5-moe", "mixtral-8x7b"), (1, 2)
+DIAG_RING = {"w4b2c16": (4, 2, 16), "w8b2c16": (8, 2, 16), "w8b1c32": (8, 1, 32), "w2b2c16": (2, 2, 16)}
+DIAG_OPTIONS = {"base": (), "pair": ("-DRING_PAIR=1",), "spin": ("-DRING_SPIN=1",),
+                "pair_spin": ("-DRING_PAIR=1", "-DRING_SPIN=1"),
+                "pair_spin_diag1": ("-DRING_PAIR=1", "-DRING_SPIN=1", "-DRING_DIAG=1"),
+                "pair_spin_diag2": ("-DRING_PAIR=1", "-DRING_SPIN=1", "-DRING_DIAG=2")}
+PROFILED = (("w4b2c16", "base"), ("w4b2c16", "pair_spin"), ("w4b2c16", "pair_spin_diag2"))
 
 
-def diag() -> None:
+def diag_kernels() -> dict:
     import cupy
 
     from moespeq.runtime.kernel_source import kernel_source
     from moespeq.runtime.moe_kernels import _OPTIONS
 
     fns = {}
-    for d in (0, 1, 2):
-        fn = cupy.RawModule(code=kernel_source("int4_moe"), options=(*_OPTIONS["int4_moe"], f"-DRING_DIAG={d}")
+    for d, opts in DIAG_OPTIONS.items():
+        fn = cupy.RawModule(code=kernel_source("int4_moe"), options=(*_OPTIONS["int4_moe"], *opts)
                             ).get_function("moe_int4_ring_t8")
         fn.max_dynamic_shared_size_bytes = SMEM_PER_BLOCK - fn.shared_size_bytes
         fns[d] = fn
-    result = {"registers": {d: fn.num_regs for d, fn in fns.items()}, "rows": []}
+    RING.update(DIAG_RING)
+    return fns
+
+
+def diag() -> None:
+    import cupy
+
+    fns = diag_kernels()
+    result = {"registers": {d: fn.num_regs for d, fn in fns.items()}, "options": DIAG_OPTIONS, "rows": []}
     for name in DIAG_MODELS:
         lb = build(name)
         for t in DIAG_TOKENS:
-            lb.routing(t)
+            refs = references(lb, t)
             out = cupy.empty((t, lb.geo.hidden), dtype=cupy.uint16)
-            calls = {"committed": lb.int4_call(t, committed_config(lb.geo, t))}
-            for v in RING:
-                if ring_stages(fns[0], v, t, lb.geo.hidden):
-                    calls.update({f"{v}/diag{d}": ring_call(lb, fn, t, v, out) for d, fn in fns.items()})
+            calls, checks = {"committed": lb.int4_call(t, committed_config(lb.geo, t))}, {}
+            for v in DIAG_RING:
+                if not ring_stages(fns["base"], v, t, lb.geo.hidden):
+                    continue
+                for d, fn in fns.items():
+                    if "diag" not in d:
+                        checks[f"{v}/{d}"] = check(lb, fn, t, v, refs, routings=1)
+                    calls[f"{v}/{d}"] = ring_call(lb, fn, t, v, out)
             for v, call in calls.items():  # each finishes (a hang ends the script)
                 call(0)
                 finished_or_exit(f"{name} T={t} {v}")
             times = alternate(calls)
             med = {v: statistics.median(ts) for v, ts in times.items()}
-            result["rows"].append({"model": name, "tokens": t, "us": times, "median_us": med})
-            sys.stdout.write(f"{name} T={t}: " + " ".join(f"{v} {us:.1f}" for v, us in med.items()) + "\n")
+            result["rows"].append({"model": name, "tokens": t, "checks": checks, "us": times, "median_us": med})
+            sys.stdout.write(f"{name} T={t}: " + " ".join(f"{v} {us:.1f}" for v, us in med.items()) + "\n"
+                             + "  checks passed: " + str(all(c["passed"] for c in checks.values())) + "\n")
             (OUT / "bulk_ring_diag.json").write_text(json.dumps(result, indent=1) + "\n")
         del lb
         cupy.get_default_memory_pool().free_all_blocks()
 
 
+def profile() -> None:
+    import subprocess
+
+    from time_budget import NCU_ARGS
+
+    cmd = [*NCU_ARGS, sys.executable, __file__, "--ncu"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    (OUT / "ncu_bulk_ring.txt").write_text(" ".join(cmd) + "\n" + run.stdout + run.stderr)
+    sys.stdout.write(f"ncu exit {run.returncode}\n")
+
+
+def profile_launches() -> None:
+    import cupy
+
+    fns = diag_kernels()
+    lb = build("phi-3.5-moe")
+    lb.int4_call(1, committed_config(lb.geo, 1))(0)
+    out = cupy.empty((1, lb.geo.hidden), dtype=cupy.uint16)
+    for v, d in PROFILED:
+        ring_call(lb, fns[d], 1, v, out)(0)
+        cupy.cuda.runtime.deviceSynchronize()  # SYNC: one profiled launch at a time
+        sys.stdout.write(f"launch: phi-3.5-moe T=1 {v} {d}\n")
+
+
 def main() -> None:
-    if "--diag" in sys.argv:
-        OUT.mkdir(parents=True, exist_ok=True)
-        diag()
-        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    for flag, run in (("--diag", diag), ("--profile", profile), ("--ncu", profile_launches)):
+        if flag in sys.argv:
+            run()
+            return
     if "--table" in sys.argv:
         sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
         return
@@ -284,7 +334,6 @@ def main() -> None:
     from moespeq.runtime import moe_kernels as mk
     from moespeq.runtime.copy_bench import hbm_copy_gbps
 
-    OUT.mkdir(parents=True, exist_ok=True)
     fn = ring_kernel()
     committed = {f: mk.get_kernel("int4_moe", f) for f in ("moe_int4_t8", "moe_int4_t16")}
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
