@@ -54,9 +54,11 @@ struct Int4Weights {
     // column). The B rows of a chunk are loaded once for all M (L1 hits: prefetch_rows); loading
     // them per chunk rather than all up front keeps the kernel at <= 128 registers, and occupancy mattered
     // more than the hoist in measurements (runtime/results/README.md).
-    template <int NT, int M, class LoadB>
+    // BIAS (NT = 1): the words are dequantized to 136 + q without the subtraction, and the unscaled sums of
+    // tokens 2c, 2c + 1 lose 136 * (their group's sum of b), bias.x and bias.y.
+    template <int NT, int M, class LoadB, bool BIAS = false>
     static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[M][2], const unsigned (&scales)[M],
-                                                     LoadB load_b, int grp, bool two) {
+                                                     LoadB load_b, int grp, bool two, float2 bias = {0.0f, 0.0f}) {
         float t[M][NT][4];
 #pragma unroll
         for (int m = 0; m < M; ++m)
@@ -75,7 +77,14 @@ struct Int4Weights {
             for (int m = 0; m < M; ++m) {
                 unsigned a[4][4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) dequant(word(w[m][kk], j), a[j]);
+                for (int j = 0; j < 4; ++j) {
+                    if (BIAS) {
+#pragma unroll
+                        for (int q = 0; q < 4; ++q) a[j][q] = and_or(word(w[m][kk], j) >> (4 * q), 0x000f000fu, 0x43004300u);
+                    } else {
+                        dequant(word(w[m][kk], j), a[j]);
+                    }
+                }
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
                     if (nt == 0 || two) mma_chunk(t[m][nt], a, b[nt]);
@@ -85,6 +94,12 @@ struct Int4Weights {
 #pragma unroll
         for (int m = 0; m < M; ++m) {
             const float s_lo = bf16_lo(scales[m]), s_hi = bf16_hi(scales[m]);
+            if (BIAS) {
+                t[m][0][0] -= 136.0f * bias.x;
+                t[m][0][1] -= 136.0f * bias.y;
+                t[m][0][2] -= 136.0f * bias.x;
+                t[m][0][3] -= 136.0f * bias.y;
+            }
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 float* o = acc + (m * NT + nt) * 4;
@@ -183,6 +198,10 @@ struct Int4Weights {
 #ifndef RING_SPIN
 #define RING_SPIN 0  // 1: mbarrier waits poll (test_wait) instead of suspending (try_wait)
 #endif
+#ifndef RING_BIAS
+#define RING_BIAS 0  // 1: phase 1 dequantizes to 136 + q and subtracts 136 * (sum of x over the group) per group
+#endif
+#define RING_MAX_GROUPS 64  // D / 128 with RING_BIAS
 
 struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunks [c0, c1) here; flags below
 #define RING_FIRST 1  // first stage of its item
@@ -192,6 +211,7 @@ struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunk
 struct __align__(16) RingShared {
     float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity (first:
                                          // a phase-2 tile in it is read as float4)
+    float xsum[8][RING_MAX_GROUPS];  // RING_BIAS: sum of x[t] over each 128-wide group
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
     RingStage stage[RING_MAX_STAGES];
     int ticket;
@@ -329,6 +349,19 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
     float acc[8], acc2[8];  // acc2: the second group of a pair (RING_PAIR)
     int items = 0;
     mbar_wait(&S.x_full, 0);
+    if (RING_BIAS) {  // the group sums of x, made once by the consumer warps
+        for (int i = threadIdx.x; i < p.T * (p.D / 128); i += 32 * consumers) {
+            const int t = i / (p.D / 128), grp = i % (p.D / 128);
+            float v = 0.0f;
+            for (int k = 0; k < 128; k += 8) {
+                const uint4 q = ld_shared4(xs + t * g.x_stride + 2 * (128 * grp + k));
+#pragma unroll
+                for (int h = 0; h < 4; ++h) v += bf16_lo(word(q, h)) + bf16_hi(word(q, h));
+            }
+            S.xsum[t][grp] = v;
+        }
+        consumer_sync(consumers);
+    }
     for (int k = 0;; ++k) {
         const int s = k % g.stages;
         mbar_wait(&S.full[s], (k / g.stages) & 1);
@@ -346,6 +379,8 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         const int groups = RING_DIAG == 1 ? 0 : (st.c1 - st.c0) / 2;
         if (it.phase == 1) {
             const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
+            const float* xs0 = S.xsum[R.token[it.u][min(2 * c, cnt - 1)]];
+            const float* xs1 = S.xsum[R.token[it.u][min(2 * c + 1, cnt - 1)]];
             const auto load_x = [&](uint4 (&b)[2], int, int kc) {
                 b[0] = ld_shared4(xrow + 128 * kc);
                 b[1] = ld_shared4(xrow + 128 * kc + 64);
@@ -359,7 +394,10 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                     wq[m][1] = codes[(m * g.chunks + 2 * q + 1) * 32];
                     sc[m] = scales[(m * g.chunks / 2 + q) * 8];
                 }
-                Int4Weights::group_mma<1, 2>(a, wq, sc, load_x, st.c0 / 2 + q, false);
+                const int grp = st.c0 / 2 + q;
+                Int4Weights::group_mma<1, 2, decltype(load_x), RING_BIAS>(a, wq, sc, load_x, grp, false,
+                                                                          RING_BIAS ? make_float2(xs0[grp], xs1[grp])
+                                                                                    : make_float2(0.0f, 0.0f));
             };
             int q = warp;
 #if RING_PAIR

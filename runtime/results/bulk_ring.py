@@ -16,9 +16,12 @@ routings (each call another routing and another copy).
 --diag times, for phi-3.5-moe and mixtral-8x7b at T = 1 and 2, ring variants (DIAG_RING) compiled with each of
 DIAG_OPTIONS beside the committed kernel: RING_DIAG=1 (consumers skip the groups: the ring's stream alone) and
 RING_DIAG=2 (each slot filled on its first use only: the consumers alone, on stale bytes) are timing only (wrong
-results); RING_PAIR=1 (a consumer warp takes its groups two at a time, two accumulator sets) and RING_SPIN=1
-(mbarrier waits poll) are candidate changes, checked against the reference first. Run 19c's call
-(bulk_ring_diag_run19c_h200.json, commit 9971433) had every RING variant with RING_DIAG 0, 1, 2.
+results); RING_PAIR=1 (a consumer warp takes its groups two at a time, two accumulator sets) and RING_BIAS=1 (phase
+1 dequantizes to 136 + q and subtracts 136 * the group's sum of x) are candidate changes, checked against the
+reference first. Run 19c's call (bulk_ring_diag_run19c_h200.json, commit 9971433) had every RING variant with
+RING_DIAG 0, 1, 2; run 19d's (bulk_ring_diag_run19d_h200.json and ncu_bulk_ring_run19d_h200.txt, commit bee4035)
+had DIAG_RING with w8b1c32 and base, pair, spin (RING_SPIN=1: mbarrier waits poll), pair_spin and pair_spin with
+RING_DIAG 1 and 2.
 --profile runs Nsight Compute (time_budget.NCU_ARGS) on one launch each of the committed kernel and PROFILED's
 ring variants, phi-3.5-moe at T = 1: $OUT/ncu_bulk_ring.txt.
 
@@ -241,12 +244,12 @@ def table(path: str) -> str:
 
 
 DIAG_MODELS, DIAG_TOKENS = ("phi-3.5-moe", "mixtral-8x7b"), (1, 2)
-DIAG_RING = {"w4b2c16": (4, 2, 16), "w8b2c16": (8, 2, 16), "w8b1c32": (8, 1, 32), "w2b2c16": (2, 2, 16)}
-DIAG_OPTIONS = {"base": (), "pair": ("-DRING_PAIR=1",), "spin": ("-DRING_SPIN=1",),
-                "pair_spin": ("-DRING_PAIR=1", "-DRING_SPIN=1"),
-                "pair_spin_diag1": ("-DRING_PAIR=1", "-DRING_SPIN=1", "-DRING_DIAG=1"),
-                "pair_spin_diag2": ("-DRING_PAIR=1", "-DRING_SPIN=1", "-DRING_DIAG=2")}
-PROFILED = (("w4b2c16", "base"), ("w4b2c16", "pair_spin"), ("w4b2c16", "pair_spin_diag2"))
+DIAG_RING = {"w4b2c16": (4, 2, 16), "w8b2c16": (8, 2, 16), "w2b2c16": (2, 2, 16)}
+DIAG_OPTIONS = {"base": (), "pair": ("-DRING_PAIR=1",), "bias": ("-DRING_BIAS=1",),
+                "bias_pair": ("-DRING_BIAS=1", "-DRING_PAIR=1"),
+                "bias_pair_diag1": ("-DRING_BIAS=1", "-DRING_PAIR=1", "-DRING_DIAG=1"),
+                "bias_pair_diag2": ("-DRING_BIAS=1", "-DRING_PAIR=1", "-DRING_DIAG=2")}
+PROFILED = (("w4b2c16", "base"), ("w4b2c16", "bias_pair"), ("w4b2c16", "bias_pair_diag2"))
 
 
 def diag_kernels() -> dict:
