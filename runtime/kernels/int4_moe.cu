@@ -203,7 +203,8 @@ struct Int4Weights {
 #endif
 #define RING_MAX_GROUPS 64  // D / 128 with RING_BIAS
 
-struct RingStage { int ticket, c0, c1, flags; };  // the item, its 64-wide chunks [c0, c1) here; flags below
+// the item (ticket, decoded by the producer), its 64-wide chunks [c0, c1) here; flags below
+struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
 #define RING_FIRST 1  // first stage of its item
 #define RING_LAST 2   // last stage of its item
 #define RING_END -1   // ticket of the stage that tells the consumers to leave
@@ -288,7 +289,7 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
         if (ticket >= total) {
             const int s = k % g.stages;
             if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
-            S.stage[s] = {RING_END, 0, 0, 0};
+            S.stage[s] = {RING_END, 0, 0, 0, 0, 0, 0, 0};
             mbar_arrive(&S.full[s]);
             return;
         }
@@ -309,7 +310,7 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
             const int c1 = min(hi, c0 + step), n = c1 - c0, s = k % g.stages;
             if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
-            S.stage[s] = {ticket, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
+            S.stage[s] = {ticket, it.phase, it.u, it.r0, it.j, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
             if (RING_DIAG == 2 && k >= g.stages) {
                 mbar_arrive(&S.full[s]);
             } else if (it.phase == 1) {
@@ -362,12 +363,11 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         }
         consumer_sync(consumers);
     }
-    for (int k = 0;; ++k) {
-        const int s = k % g.stages;
-        mbar_wait(&S.full[s], (k / g.stages) & 1);
+    for (int s = 0, parity = 0;; s = s + 1 == g.stages ? 0 : s + 1, parity ^= s == 0) {
+        mbar_wait(&S.full[s], parity);
         const RingStage st = S.stage[s];
         if (st.ticket == RING_END) return;
-        const Item it = decode(st.ticket, n_p1, FT, DT, p.J);
+        const Item it{st.phase, st.u, st.r0, st.j};
         const int cnt = R.count[it.u], n = min(gl, cnt - 1);
         if (st.flags & RING_FIRST) {
 #pragma unroll
