@@ -40,15 +40,21 @@ KERNELS = ("moe_int4", "moe_bf16")
 _KEY = re.compile(r"D=\d+,F=\d+,E=\d+,K=\d+")
 
 
+RING_CHUNKS = (8, 16, 32)  # stage sizes of the INT4 kernel's bulk-copy ring (int4_moe.cu, moe_int4_ring_t8)
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """warps per block; blocks per SM of the persistent grid; splits of F in the down projection; warps
-    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time)."""
+    sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time);
+    ring_chunks > 0: the INT4 kernel at T <= 8 streams through its bulk-copy ring, stages of that many 64-wide
+    chunks per matrix, `warps` consumer warps and one producer warp per block (k_splits must be 1)."""
 
     warps: int = 4
     blocks_per_sm: int = 2
     down_splits: int = 1
     k_splits: int = 1
+    ring_chunks: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.warps <= MAX_WARPS:
@@ -59,6 +65,9 @@ class LaunchConfig:
             raise ValueError(f"LaunchConfig.down_splits={self.down_splits}: use 1..64")
         if self.k_splits < 1 or self.warps % self.k_splits:
             raise ValueError(f"LaunchConfig.k_splits={self.k_splits}: must divide warps={self.warps}")
+        if self.ring_chunks and (self.ring_chunks not in RING_CHUNKS or self.k_splits != 1):
+            raise ValueError(f"LaunchConfig.ring_chunks={self.ring_chunks}: use 0 or one of {RING_CHUNKS}, "
+                             f"with k_splits=1")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -1,6 +1,7 @@
 """CUDA launchers of the MoE layer kernels (runtime/kernels/*.cu through one cupy.RawModule per file).
 
-  launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum
+  launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum (T <= 8 with
+                   config.ring_chunks: through the bulk-copy ring in shared memory)
   launch_moe_bf16  bf16 verify layer: experts from the cache arena through the device slot table
 
 Routing ids and weights stay on the device: nothing here reads them on the host. Import only with CuPy;
@@ -31,6 +32,8 @@ _CTR_ERROR, _CTR_ROWS = 3, 4  # counters[] layout of moe_common.cuh
 ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache slot"}
 
 
+RING_FUNCTION = "moe_int4_ring_t8"
+RING_MAX_STAGES, RING_MAX_TOKENS, RING_MAX_GROUPS = 16, 8, 64  # int4_moe.cu's limits of the ring
 INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
 _OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
             "expert_bf16": ("--std=c++17",)}
@@ -55,6 +58,7 @@ class DeviceInfo:
     smem_per_sm_bytes: int
     max_threads_per_sm: int
     l2_bytes: int
+    smem_per_block_optin_bytes: int
 
 
 @functools.cache
@@ -62,7 +66,8 @@ def device_info() -> DeviceInfo:
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return DeviceInfo(name, props["multiProcessorCount"], props["regsPerMultiprocessor"],
-                      props["sharedMemPerMultiprocessor"], props["maxThreadsPerMultiProcessor"], props["l2CacheSize"])
+                      props["sharedMemPerMultiprocessor"], props["maxThreadsPerMultiProcessor"], props["l2CacheSize"],
+                      props["sharedMemPerBlockOptin"])
 
 
 @functools.cache
@@ -112,6 +117,27 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
     return tokens
 
 
+def ring_stages(config: LaunchConfig, tokens: int, geo: ExpertGeometry) -> int:
+    """Stages of the bulk-copy ring that fit beside x in the shared memory of config.blocks_per_sm blocks (at most
+    RING_MAX_STAGES), or 0 where config is not a ring configuration or fewer than 2 fit (the register path then)."""
+    if not config.ring_chunks or tokens > RING_MAX_TOKENS or geo.hidden // 128 > RING_MAX_GROUPS:
+        return 0
+    dev, static = device_info(), get_kernel("int4_moe", RING_FUNCTION).shared_size_bytes
+    budget = min(dev.smem_per_block_optin_bytes, dev.smem_per_sm_bytes // config.blocks_per_sm - 1024) - static
+    stages = (budget - ring_x_bytes(tokens, geo.hidden)) // ring_stage_bytes(config.ring_chunks, tokens)
+    stages = min(RING_MAX_STAGES, stages)
+    return stages if stages >= 2 else 0
+
+
+def ring_stage_bytes(chunks: int, tokens: int) -> int:
+    """RingGeometry's stage: codes of 2 * chunks chunks and their scales, then T rows of 2 * chunks chunks of h."""
+    return 1056 * chunks + tokens * (256 * chunks + 64)
+
+
+def ring_x_bytes(tokens: int, hidden: int) -> int:
+    return tokens * (2 * hidden + 64)  # x rows in shared memory, 64 B longer than the row (RingGeometry)
+
+
 def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
     assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
     blocks_per_sm = min(config.blocks_per_sm, occupancy(kernel, config.warps))
@@ -134,14 +160,32 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
     for m in (experts.gate, experts.up, experts.down):
         assert m.codes.dtype == cupy.uint32 and m.codes.flags.c_contiguous
         assert m.scales.dtype == cupy.uint32 and m.scales.flags.c_contiguous
-    kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
-    grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     args = (x, topk_ids, topk_w, experts.gate.codes, experts.gate.scales, experts.up.codes, experts.up.scales,
             experts.down.codes, experts.down.scales, out, workspace.hbuf, workspace.partial, workspace.counters,
             np.int32(tokens), np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden),
             np.int32(geo.moe_ffn), np.int32(config.down_splits), np.int32(config.k_splits), np.int32(geo.max_used_experts))
+    stages = ring_stages(config, tokens, geo)
+    if stages:
+        assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
+        kernel = _ring_kernel()
+        grid = (device_info().sm_count * config.blocks_per_sm,)  # persistent, as the register path's
+        shared_mem = stages * ring_stage_bytes(config.ring_chunks, tokens) + ring_x_bytes(tokens, geo.hidden)
+        kernel(grid, (32 * (config.warps + 1),), (*args, np.int32(stages), np.int32(config.ring_chunks)),
+               shared_mem=shared_mem)
+        return out
+    if config.ring_chunks:  # no room for the ring at this T (the nearest tuned T's choice): the register path
+        config = LaunchConfig(config.warps, config.blocks_per_sm, config.down_splits, 1)
+    kernel = get_kernel("int4_moe", "moe_int4_t8" if tokens <= 8 else "moe_int4_t16")
+    grid, block, shared_mem = _launch_geometry(kernel, config, workspace)
     kernel(grid, block, args, shared_mem=shared_mem)
     return out
+
+
+@functools.cache
+def _ring_kernel() -> cupy.RawKernel:
+    kernel = get_kernel("int4_moe", RING_FUNCTION)
+    kernel.max_dynamic_shared_size_bytes = device_info().smem_per_block_optin_bytes - kernel.shared_size_bytes
+    return kernel
 
 
 def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer: int, workspace: MoeWorkspace,

@@ -19,6 +19,11 @@ CONFIGS = [LaunchConfig(warps=4, blocks_per_sm=2, down_splits=1, k_splits=1),
            LaunchConfig(warps=8, blocks_per_sm=1, down_splits=4, k_splits=2),
            LaunchConfig(warps=8, blocks_per_sm=1, down_splits=2, k_splits=8)]
 CONFIG_IDS = ["w4k1j1", "w8k2j4", "w8k8j2"]
+RING_TOKENS = [1, 2, 3, 8]
+RING_CONFIGS = [LaunchConfig(warps=4, blocks_per_sm=2, down_splits=1, k_splits=1, ring_chunks=16),
+                LaunchConfig(warps=8, blocks_per_sm=1, down_splits=2, k_splits=1, ring_chunks=32),
+                LaunchConfig(warps=8, blocks_per_sm=2, down_splits=4, k_splits=1, ring_chunks=8)]
+RING_IDS = ["ring_w4b2c16j1", "ring_w8b1c32j2", "ring_w8b2c8j4"]
 
 
 def _kernels():
@@ -103,6 +108,20 @@ def test_int4_kernel_matches_reference(name, tokens, config, int4_layers):
                  int4_weights_of(experts))
 
 
+@pytest.mark.parametrize("config", RING_CONFIGS, ids=RING_IDS)
+@pytest.mark.parametrize("tokens", RING_TOKENS)
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_int4_ring_matches_reference(name, tokens, config, int4_layers):
+    """The bulk-copy ring (T <= 8; where its stages do not fit beside x, the register path takes the launch)."""
+    geo, experts = int4_layers(name)
+    assert _kernels().ring_stages(config, tokens, geo) or tokens > 2  # the ring itself at T <= 2 on every preset
+    ids, w = routing(tokens, geo, seed=30 + tokens)
+    x = to_bf16(cupy.random.standard_normal((tokens, geo.hidden), dtype=cupy.float32))
+    ref = moe_int4_reference(x, ids, w, experts)
+    check_launch(lambda ws, y: _kernels().launch_moe_int4(x, ids, w, experts, ws, y, config), geo, x, ids, w, ref,
+                 int4_weights_of(experts))
+
+
 def test_int4_kernel_on_rtn_quantized_weights_matches_numpy_reference():
     """The whole path from float weights: quantize_rtn, pack on the host, upload, kernel vs NumPy reference."""
     rng = np.random.default_rng(11)
@@ -134,13 +153,29 @@ def test_back_to_back_launches_need_no_reset_or_sync(int4_layers):
         assert rel_err(y, moe_int4_reference(x, ids, w, experts)) <= 1e-2
 
 
-def test_bad_expert_id_is_flagged_not_fatal(int4_layers):
+def test_ring_and_register_paths_back_to_back_on_one_workspace(int4_layers):
+    geo, experts = int4_layers("phi-3.5-moe")
+    ws = _kernels().MoeWorkspace(geo)
+    runs = []
+    for tokens, config in ((1, RING_CONFIGS[0]), (4, CONFIGS[1]), (2, RING_CONFIGS[2]), (16, CONFIGS[0]),
+                           (1, RING_CONFIGS[1])):
+        ids, w = routing(tokens, geo, seed=200 + tokens)
+        x = to_bf16(cupy.random.standard_normal((tokens, geo.hidden), dtype=cupy.float32))
+        y = cupy.full(x.shape, NAN_BITS, dtype=cupy.uint16)
+        _kernels().launch_moe_int4(x, ids, w, experts, ws, y, config)
+        runs.append((x, ids, w, y))
+    for x, ids, w, y in runs:
+        assert rel_err(y, moe_int4_reference(x, ids, w, experts)) <= 1e-2
+
+
+@pytest.mark.parametrize("config", [CONFIGS[0], RING_CONFIGS[0]], ids=["registers", "ring"])
+def test_bad_expert_id_is_flagged_not_fatal(int4_layers, config):
     geo, experts = int4_layers("olmoe-1b-7b")
     ids, w = routing(2, geo, seed=5)
     ids[1, 0] = geo.experts + 3
     ws = _kernels().MoeWorkspace(geo)
     y = cupy.zeros((2, geo.hidden), dtype=cupy.uint16)
-    _kernels().launch_moe_int4(to_bf16(cupy.ones((2, geo.hidden), dtype=cupy.float32)), ids, w, experts, ws, y, CONFIGS[0])
+    _kernels().launch_moe_int4(to_bf16(cupy.ones((2, geo.hidden), dtype=cupy.float32)), ids, w, experts, ws, y, config)
     assert ws.errors() == ["an expert id outside [0, E)"]
     assert not ws.counters.get()[[0, 1, 2]].any()
 

@@ -133,6 +133,10 @@ def test_launch_config_nearest_tokens_and_fallback(tmp_path, monkeypatch, caplog
         lc.LaunchConfig(warps=9)
     with pytest.raises(ValueError, match="k_splits=3: must divide warps=4"):
         lc.LaunchConfig(warps=4, k_splits=3)
+    with pytest.raises(ValueError, match="ring_chunks=12"):
+        lc.LaunchConfig(ring_chunks=12)
+    with pytest.raises(ValueError, match="ring_chunks=16.*k_splits=1"):
+        lc.LaunchConfig(warps=4, k_splits=2, ring_chunks=16)
 
 
 def test_launch_config_keeps_models_of_one_expert_shape_apart(tmp_path, monkeypatch):
@@ -160,5 +164,5 @@ def test_launch_config_ignores_old_shape_keys_with_a_warning(tmp_path, monkeypat
     assert "ignoring moe_int4 launch parameters keyed D=256,F=128" in caplog.text
     lc.write_configs("Test GPU Z", "unit test", {"moe_int4": {lc.shape_key(geo): {1: lc.LaunchConfig(4, 3, 1)}}})
     assert json.loads(path.read_text())["kernels"]["moe_int4"] == {"D=256,F=128,E=8,K=2": {
-        "1": {"warps": 4, "blocks_per_sm": 3, "down_splits": 1, "k_splits": 1}}}
+        "1": {"warps": 4, "blocks_per_sm": 3, "down_splits": 1, "k_splits": 1, "ring_chunks": 0}}}
     assert lc.launch_config("moe_int4", "Test GPU Z", geo, tokens=1) == lc.LaunchConfig(4, 3, 1)

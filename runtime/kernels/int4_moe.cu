@@ -185,23 +185,16 @@ struct Int4Weights {
 // 2 * `chunks` chunks of a phase-2 row tile's down and the same columns of the expert's h rows. x is copied to
 // shared memory once per block. B operands come from shared memory, so no fence can evict them (in L1 they
 // were re-read from L2 after every item's fence: run 19's first call). The consumer warps (all but the last)
-// take the stage's 128-wide groups round robin, so each item's k split over them is fixed and the fixed-order
-// sum stays deterministic.
+// take the stage's 128-wide groups round robin, two at a time into two accumulator sets (independent mma
+// chains), so each item's k split over them is fixed and the fixed-order sum stays deterministic. The producer
+// decodes each stage's item for them (integer divisions per stage and warp cost 8 % at T = 1, run 19f), and
+// phase 1 dequantizes to 136 + q, taking 136 * (the group's sum of x, made once per block) off the unscaled
+// sums: 4 of 11 instructions per word fewer, since here the consumers' instructions bound the time (run 19).
+// Limits: T <= RING_MAX_TOKENS, D / 128 <= RING_MAX_GROUPS (moe_kernels.ring_fits checks them).
 
 #define RING_MAX_STAGES 16
-#ifndef RING_DIAG
-#define RING_DIAG 0  // timing only, results wrong: 1 consumers skip the groups (the stream alone), 2 each slot is
-#endif               // filled on its first use only (the consumers alone, on stale bytes)
-#ifndef RING_PAIR
-#define RING_PAIR 0  // 1: a consumer warp takes its groups of a stage two at a time, into two accumulator sets
-#endif
-#ifndef RING_SPIN
-#define RING_SPIN 0  // 1: mbarrier waits poll (test_wait) instead of suspending (try_wait)
-#endif
-#ifndef RING_BIAS
-#define RING_BIAS 0  // 1: phase 1 dequantizes to 136 + q and subtracts 136 * (sum of x over the group) per group
-#endif
-#define RING_MAX_GROUPS 64  // D / 128 with RING_BIAS
+#define RING_MAX_GROUPS 64  // D / 128
+#define RING_MAX_TOKENS 8
 
 // the item (ticket, decoded by the producer), its 64-wide chunks [c0, c1) here; flags below
 struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
@@ -212,7 +205,7 @@ struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
 struct __align__(16) RingShared {
     float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity (first:
                                          // a phase-2 tile in it is read as float4)
-    float xsum[8][RING_MAX_GROUPS];  // RING_BIAS: sum of x[t] over each 128-wide group
+    float xsum[RING_MAX_TOKENS][RING_MAX_GROUPS];  // sum of x[t] over each 128-wide group (phase 1's bias)
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
     RingStage stage[RING_MAX_STAGES];
     int ticket;
@@ -236,13 +229,8 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned pari
     const unsigned a = smem_addr(bar);
     unsigned done = 0;
     while (!done) {
-#if RING_SPIN
-        asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done) : "r"(a), "r"(parity) : "memory");
-#else
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done) : "r"(a), "r"(parity) : "memory");
-#endif
     }
 }
 
@@ -311,9 +299,7 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
             if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
             S.stage[s] = {ticket, it.phase, it.u, it.r0, it.j, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
-            if (RING_DIAG == 2 && k >= g.stages) {
-                mbar_arrive(&S.full[s]);
-            } else if (it.phase == 1) {
+            if (it.phase == 1) {
                 const size_t tile = e * FT + it.r0;
                 mbar_arrive_tx(&S.full[s], n * 1056);
                 bulk_copy(st, w.gate_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
@@ -342,15 +328,14 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
 // The consumer warps: every stage in order; this warp's groups of it; at an item's last stage the fixed-order
 // sum over the consumer warps and the item's output (h and its count, or the phase-2 partial and reduction).
 __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring,
-                                             const MoeArgs& p, const RingGeometry& g, int n_p1, int consumers) {
+                                             const MoeArgs& p, const RingGeometry& g, int consumers) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
-    const int FT = p.F / 16, DT = p.D / 16;
-    int* p1_done = p.counters + CTR_ROWS + DT;
+    int* p1_done = p.counters + CTR_ROWS + p.D / 16;
     const unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
-    float acc[8], acc2[8];  // acc2: the second group of a pair (RING_PAIR)
+    float acc[8], acc2[8];  // acc2: the second group of a pair
     int items = 0;
     mbar_wait(&S.x_full, 0);
-    if (RING_BIAS) {  // the group sums of x, made once by the consumer warps
+    {  // the group sums of x for phase 1's bias, made once by the consumer warps
         for (int i = threadIdx.x; i < p.T * (p.D / 128); i += 32 * consumers) {
             const int t = i / (p.D / 128), grp = i % (p.D / 128);
             float v = 0.0f;
@@ -376,7 +361,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         const unsigned char* base = ring + (size_t)s * g.stage_bytes;
         const uint4* codes = reinterpret_cast<const uint4*>(base) + lane;
         const unsigned* scales = reinterpret_cast<const unsigned*>(base + g.scales_at()) + (lane >> 2);
-        const int groups = RING_DIAG == 1 ? 0 : (st.c1 - st.c0) / 2;
+        const int groups = (st.c1 - st.c0) / 2;
         if (it.phase == 1) {
             const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
             const float* xs0 = S.xsum[R.token[it.u][min(2 * c, cnt - 1)]];
@@ -395,17 +380,14 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                     sc[m] = scales[(m * g.chunks / 2 + q) * 8];
                 }
                 const int grp = st.c0 / 2 + q;
-                Int4Weights::group_mma<1, 2, decltype(load_x), RING_BIAS>(a, wq, sc, load_x, grp, false,
-                                                                          RING_BIAS ? make_float2(xs0[grp], xs1[grp])
-                                                                                    : make_float2(0.0f, 0.0f));
+                Int4Weights::group_mma<1, 2, decltype(load_x), true>(a, wq, sc, load_x, grp, false,
+                                                                     make_float2(xs0[grp], xs1[grp]));
             };
             int q = warp;
-#if RING_PAIR
             for (; q + consumers < groups; q += 2 * consumers) {
                 group(acc, q);
                 group(acc2, q + consumers);
             }
-#endif
             for (; q < groups; q += consumers) group(acc, q);
         } else {
             const unsigned char* hrow = base + g.h_at() + n * g.h_stride + 16 * c - 128 * st.c0;
@@ -422,12 +404,10 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                 Int4Weights::group_mma<1, 1>(a, wq, sc, load_h, st.c0 / 2 + q, false);
             };
             int q = warp;
-#if RING_PAIR
             for (; q + consumers < groups; q += 2 * consumers) {
                 group(acc, q);
                 group(acc2, q + consumers);
             }
-#endif
             for (; q < groups; q += consumers) group(acc, q);
         }
         __syncwarp();
@@ -510,7 +490,7 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
         if ((tid & 31) == 0) ring_produce(R, S, ring, p, w, g, n_p1, total);
         __syncwarp();
     } else {
-        ring_consume(R, S, ring, p, g, n_p1, consumers);
+        ring_consume(R, S, ring, p, g, consumers);
     }
     __syncthreads();
     if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {

@@ -21,8 +21,10 @@ results); RING_PAIR=1 (a consumer warp takes its groups two at a time, two accum
 reference first. Run 19c's call (bulk_ring_diag_run19c_h200.json, commit 9971433) had every RING variant with
 RING_DIAG 0, 1, 2; run 19d's (bulk_ring_diag_run19d_h200.json and ncu_bulk_ring_run19d_h200.txt, commit bee4035)
 had DIAG_RING with w8b1c32 and base, pair, spin (RING_SPIN=1: mbarrier waits poll), pair_spin and pair_spin with
-RING_DIAG 1 and 2; run 19e's (bulk_ring_diag_run19e_h200.json, commit 2f0c8b0) these DIAG_OPTIONS with the consumers
-decoding every stage's ticket themselves (now the producer writes the decoded item into the stage).
+RING_DIAG 1 and 2; run 19e's (bulk_ring_diag_run19e_h200.json, commit b345a46) these DIAG_OPTIONS with the consumers
+decoding every stage's ticket themselves; run 19f's (bulk_ring_diag_run19f_h200.json, commit 172e94d) with the
+producer writing the decoded item into the stage. The RING_* switches are in those commits only; the next made
+RING_PAIR and RING_BIAS the ring's code and removed the others, so run --diag there (`git checkout 172e94d`).
 --profile runs Nsight Compute (time_budget.NCU_ARGS) on one launch each of the committed kernel and PROFILED's
 ring variants, phi-3.5-moe at T = 1: $OUT/ncu_bulk_ring.txt.
 
