@@ -32,7 +32,12 @@ Usage (repository root, after `pip install -e .`):
     python3 runtime/results/bulk_ring.py            # writes $OUT/bulk_ring.json, prints the table
     python3 runtime/results/bulk_ring.py --diag     # writes $OUT/bulk_ring_diag.json, prints its table
     python3 runtime/results/bulk_ring.py --profile  # writes $OUT/ncu_bulk_ring.txt
-    python3 runtime/results/bulk_ring.py --table runtime/results/bulk_ring_run19_h200.json   # the README's table
+    python3 runtime/results/bulk_ring.py --table runtime/results/bulk_ring_run19b_h200.json  # a sweep's table
+    python3 runtime/results/bulk_ring.py --diag-table runtime/results/bulk_ring_diag_run19f_h200.json
+    python3 runtime/results/bulk_ring.py --bench BEFORE_BENCH BEFORE_TUNE AFTER_BENCH AFTER_TUNE
+        # the README's run 19 benchmark table: bench_kernels / tune_timings JSON of two gpu_check runs
+    python3 runtime/results/bulk_ring.py --tune-table runtime/results/tune_timings_h200.json
+        # per model and T: the fastest ring and register candidates of a tuning run
 """
 
 import json
@@ -225,13 +230,14 @@ def measure(name: str, fn) -> list[dict]:
 
 def table(path: str) -> str:
     """Markdown: the committed kernel and every ring variant per model and T (µs, % against committed), then % of
-    this call's 2 GiB device copy and the speedup over run 13's cupy.matmul for the committed kernel and the best."""
+    this call's 2 GiB device copy and the speedup over bench_kernels_h200.json's cupy.matmul for the committed kernel
+    and the best."""
     d = json.loads(Path(path).read_text())
     bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
     mm = {(b["model"], b["tokens"]): b["cupy.matmul_us"] for b in bench["rows"]}
-    hbm, names = d["hbm_copy_gbps_2gib"], list(RING)
+    hbm, names = d["hbm_copy_gbps_2gib"], list(d["ring"])
     out = ("| model | T | committed µs | " + " | ".join(names) + " | best | % HBM committed / best | "
-           "speedup over cupy.matmul (run 13) committed / best |\n" + "|---" * (len(names) + 6) + "|\n")
+           "speedup over cupy.matmul committed / best |\n" + "|---" * (len(names) + 6) + "|\n")
     for r in d["rows"]:
         med, c = r["median_us"], r["median_us"]["committed"]
         cells = [f"{med[v]:.1f} ({100 * (med[v] / c - 1):+.1f} %)" if v in med else "-" for v in names]
@@ -326,20 +332,81 @@ def profile_launches() -> None:
         sys.stdout.write(f"launch: phi-3.5-moe T=1 {v} {d}\n")
 
 
+def diag_table(path: str) -> str:
+    """Markdown: µs per diag cell, one column per option, rows per model, T and ring shape."""
+    d = json.loads(Path(path).read_text())
+    opts = list(dict.fromkeys(v.split("/")[1] for r in d["rows"] for v in r["median_us"] if "/" in v))
+    out = "| model | T | committed | shape | " + " | ".join(opts) + " |\n" + "|---" * (len(opts) + 4) + "|\n"
+    for r in d["rows"]:
+        med = r["median_us"]
+        for shape in dict.fromkeys(v.split("/")[0] for v in med if "/" in v):
+            out += (f"| {r['model']} | {r['tokens']} | {med['committed']:.1f} | {shape} | "
+                    + " | ".join(f"{med[f'{shape}/{o}']:.1f}" for o in opts) + " |\n")
+    return out
+
+
+def bench_table(before: str, before_tune: str, after: str, after_tune: str) -> str:
+    """Markdown: two gpu_check runs' INT4 benchmark side by side (T = 16: the tuner's best median)."""
+    b, a = (json.loads(Path(x).read_text()) for x in (before, after))
+    rows = {(r["model"], r["tokens"]): r for r in b["rows"]}
+    out = ("| model | T | experts | INT4 µs before | after | % | % HBM before | after | speedup over cupy.matmul "
+           "before | after |\n" + "|---" * 10 + "|\n")
+    for r in a["rows"]:
+        o = rows[(r["model"], r["tokens"])]
+        out += (f"| {r['model']} | {r['tokens']} | {r['distinct_experts']:.2f} | {o['int4_us']:.1f} | "
+                f"**{r['int4_us']:.1f}** | {100 * (r['int4_us'] / o['int4_us'] - 1):+.1f} | "
+                f"{100 * o['int4_bw_frac']:.1f} | **{100 * r['int4_bw_frac']:.1f}** | "
+                f"{o['speedup_vs_cupy.matmul']:.2f} | **{r['speedup_vs_cupy.matmul']:.2f}** |\n")
+    best = {}
+    for label, path in (("before", before_tune), ("after", after_tune)):
+        for model, kernels in json.loads(Path(path).read_text())["timings"].items():
+            best.setdefault(model, {})[label] = min(c["us"] for c in kernels["moe_int4"]["16"])
+    out += "\nT = 16 (tuner's best median of 20 calls): " + ", ".join(
+        f"{m} {v['before']:.1f} -> {v['after']:.1f} µs" for m, v in best.items()) + "\n"
+    for label, run in (("before", b), ("after", a)):
+        met = sum(c["met"] for c in run["goal_checks"])
+        need = ", ".join(f"{r['model']} {r['int4_us']:.1f} µs where 3x needs <= {r['cupy.matmul_us'] / 3:.1f}"
+                         for r in run["rows"] if r["tokens"] == 1 and r["speedup_vs_cupy.matmul"] < 3)
+        fracs = [c["value"] for c in run["goal_checks"] if c["goal"].startswith("int4 bandwidth")]
+        out += (f"\n{label}: {met} of {len(run['goal_checks'])} goal checks met; 3x at T = 1 missed: {need}; "
+                f"INT4 % of HBM copy {100 * min(fracs):.1f}-{100 * max(fracs):.1f} (75 % needed)\n")
+    return out
+
+
+def tune_table(path: str) -> str:
+    """Markdown: per model and T <= 8 the fastest ring candidate and the fastest register candidate (tuner µs)."""
+    d = json.loads(Path(path).read_text())["timings"]
+    out = "| model | T | best register µs | best ring | µs | % |\n" + "|---" * 6 + "|\n"
+    for model, kernels in d.items():
+        for t, cands in kernels["moe_int4"].items():
+            ring = [c for c in cands if c.get("ring_chunks")]
+            if not ring:
+                continue
+            reg = min(c["us"] for c in cands if not c.get("ring_chunks"))
+            r = min(ring, key=lambda c: c["us"])
+            out += (f"| {model} | {t} | {reg:.1f} | w{r['warps']}b{r['blocks_per_sm']}c{r['ring_chunks']} | "
+                    f"{r['us']:.1f} | {100 * (r['us'] / reg - 1):+.1f} |\n")
+    return out
+
+
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
     for flag, run in (("--diag", diag), ("--profile", profile), ("--ncu", profile_launches)):
         if flag in sys.argv:
+            OUT.mkdir(parents=True, exist_ok=True)
             run()
             return
-    if "--table" in sys.argv:
-        sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
-        return
+    for flag, fn, n in (("--table", table, 1), ("--diag-table", diag_table, 1), ("--bench", bench_table, 4),
+                        ("--tune-table", tune_table, 1)):
+        if flag in sys.argv:
+            i = sys.argv.index(flag)
+            sys.stdout.write(fn(*sys.argv[i + 1: i + 1 + n]))
+            return
     import cupy
 
     from moespeq.runtime import moe_kernels as mk
     from moespeq.runtime.copy_bench import hbm_copy_gbps
 
+    OUT.mkdir(parents=True, exist_ok=True)
     fn = ring_kernel()
     committed = {f: mk.get_kernel("int4_moe", f) for f in ("moe_int4_t8", "moe_int4_t16")}
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
