@@ -55,8 +55,7 @@ struct Int4Weights {
     // them per chunk rather than all up front keeps the kernel at <= 128 registers, and occupancy mattered
     // more than the hoist in measurements (runtime/results/README.md).
     // BIAS (NT = 1): the words are dequantized to 136 + q without the subtraction, and the unscaled sums of
-    // tokens 2c, 2c + 1 start at bias.x and bias.y, -136 * (their group's sum of b): the first mma takes them as
-    // its accumulator input, so the bias costs no instruction of its own.
+    // tokens 2c, 2c + 1 lose 136 * (their group's sum of b), bias.x and bias.y.
     template <int NT, int M, class LoadB, bool BIAS = false>
     static __device__ __forceinline__ void group_mma(float* acc, const uint4 (&w)[M][2], const unsigned (&scales)[M],
                                                      LoadB load_b, int grp, bool two, float2 bias = {0.0f, 0.0f}) {
@@ -66,7 +65,7 @@ struct Int4Weights {
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) t[m][nt][i] = BIAS ? (i & 1 ? bias.y : bias.x) : 0.0f;
+                for (int i = 0; i < 4; ++i) t[m][nt][i] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
             uint4 b[NT][2];
@@ -95,6 +94,12 @@ struct Int4Weights {
 #pragma unroll
         for (int m = 0; m < M; ++m) {
             const float s_lo = bf16_lo(scales[m]), s_hi = bf16_hi(scales[m]);
+            if (BIAS) {
+                t[m][0][0] -= 136.0f * bias.x;
+                t[m][0][1] -= 136.0f * bias.y;
+                t[m][0][2] -= 136.0f * bias.x;
+                t[m][0][3] -= 136.0f * bias.y;
+            }
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 float* o = acc + (m * NT + nt) * 4;
@@ -195,13 +200,12 @@ struct Int4Weights {
 struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
 #define RING_FIRST 1  // first stage of its item
 #define RING_LAST 2   // last stage of its item
-#define RING_TEAM 4   // set: the stage belongs to the second team of consumer warps (blocks of 8 consumers)
 #define RING_END -1   // ticket of the stage that tells the consumers to leave
 
 struct __align__(16) RingShared {
     float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity (first:
                                          // a phase-2 tile in it is read as float4)
-    float xsum[RING_MAX_TOKENS][RING_MAX_GROUPS];  // -136 * (x[t] summed over each 128-wide group): phase 1's bias
+    float xsum[RING_MAX_TOKENS][RING_MAX_GROUPS];  // sum of x[t] over each 128-wide group (phase 1's bias)
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
     RingStage stage[RING_MAX_STAGES];
     int ticket;
@@ -290,12 +294,11 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
                 ready_u = it.u;
             }
         }
-        for (int c0 = lo, team = ticket & 1;; c0 += step, team ^= 1) {  // an item's stages alternate teams
+        for (int c0 = lo;; c0 += step) {
             const int c1 = min(hi, c0 + step), n = c1 - c0, s = k % g.stages;
             if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
-            S.stage[s] = {ticket, it.phase, it.u, it.r0, it.j, c0, c1,
-                          (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0) | (team ? RING_TEAM : 0)};
+            S.stage[s] = {ticket, it.phase, it.u, it.r0, it.j, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
             if (it.phase == 1) {
                 const size_t tile = e * FT + it.r0;
                 mbar_arrive_tx(&S.full[s], n * 1056);
@@ -327,9 +330,6 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
 __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring,
                                              const MoeArgs& p, const RingGeometry& g, int consumers) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
-    // 8 consumer warps form two teams of 4 that take an item's stages in turn; fewer form one team
-    const int team_size = consumers == 8 ? 4 : consumers, tw = warp % team_size;
-    const int skip = consumers == 8 ? (warp < 4 ? RING_TEAM : 0) : -1;  // flags & RING_TEAM == skip: not ours
     int* p1_done = p.counters + CTR_ROWS + p.D / 16;
     const unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
     float acc[8], acc2[8];  // acc2: the second group of a pair
@@ -344,7 +344,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
 #pragma unroll
                 for (int h = 0; h < 4; ++h) v += bf16_lo(word(q, h)) + bf16_hi(word(q, h));
             }
-            S.xsum[t][grp] = -136.0f * v;
+            S.xsum[t][grp] = v;
         }
         consumer_sync(consumers);
     }
@@ -361,7 +361,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
         const unsigned char* base = ring + (size_t)s * g.stage_bytes;
         const uint4* codes = reinterpret_cast<const uint4*>(base) + lane;
         const unsigned* scales = reinterpret_cast<const unsigned*>(base + g.scales_at()) + (lane >> 2);
-        const int groups = (st.flags & RING_TEAM) == skip ? 0 : (st.c1 - st.c0) / 2;  // the other team's stage
+        const int groups = (st.c1 - st.c0) / 2;
         if (it.phase == 1) {
             const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
             const float* xs0 = S.xsum[R.token[it.u][min(2 * c, cnt - 1)]];
@@ -383,12 +383,12 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                 Int4Weights::group_mma<1, 2, decltype(load_x), true>(a, wq, sc, load_x, grp, false,
                                                                      make_float2(xs0[grp], xs1[grp]));
             };
-            int q = tw;
-            for (; q + team_size < groups; q += 2 * team_size) {
+            int q = warp;
+            for (; q + consumers < groups; q += 2 * consumers) {
                 group(acc, q);
-                group(acc2, q + team_size);
+                group(acc2, q + consumers);
             }
-            for (; q < groups; q += team_size) group(acc, q);
+            for (; q < groups; q += consumers) group(acc, q);
         } else {
             const unsigned char* hrow = base + g.h_at() + n * g.h_stride + 16 * c - 128 * st.c0;
             const auto load_h = [&](uint4 (&b)[2], int, int kc) {
@@ -403,12 +403,12 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
                 sc[0] = scales[q * 8];
                 Int4Weights::group_mma<1, 1>(a, wq, sc, load_h, st.c0 / 2 + q, false);
             };
-            int q = tw;
-            for (; q + team_size < groups; q += 2 * team_size) {
+            int q = warp;
+            for (; q + consumers < groups; q += 2 * consumers) {
                 group(acc, q);
-                group(acc2, q + team_size);
+                group(acc2, q + consumers);
             }
-            for (; q < groups; q += team_size) group(acc, q);
+            for (; q < groups; q += consumers) group(acc, q);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage

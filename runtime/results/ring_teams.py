@@ -1,26 +1,30 @@
-"""Run 20's measurement (runtime/results/ring_teams_run20_h200.json): the INT4 kernel's bulk-copy ring as on main
-(commit 77f8b48) against this checkout's ring, side by side in one H200 call, on the four benchmark models at T = 1
-and 2 (where the ring serves; at T >= 4 the tuner keeps the register path, whose code is unchanged).
+"""Run 20's measurements of the INT4 kernel's bulk-copy ring (int4_moe.cu's moe_int4_ring_t8, T <= 8) on the H200,
+side by side in one call each, the four benchmark models at T = 1 and 2 (where the ring serves; at T >= 4 the tuner
+keeps the register path).
 
-This checkout's ring differs in two ways:
-- teams: a block of 8 consumer warps forms two teams of 4 that take an item's stages in turn (the producer marks
-  each stage's team), so each warp consumes its stages with the groups per stage of a 4-warp block while twice as
-  many consumer warps issue per SM (run 19: 8 warps per block that split every stage thinner lost to 4);
-- bias: phase 1's accumulators start at -136 * (the group's sum of x) instead of subtracting it after the mma
-  (8 FFMA fewer per group pair).
-Variants are KERNEL/SHAPE: KERNEL main (the ring source of --baseline DIR, normally the device checkout's
-runtime/kernels, i.e. main) or k20 (this checkout), SHAPE as bulk_ring.RING ("wNbMcK": N consumer warps, M blocks
-per SM, stages of K chunks). "register" is the register path at the tuner's fastest register candidate
-(tune_timings_h200.json of run 19), "tuned" launch_moe_int4 at runtime/configs/NVIDIA_H200.json's parameters (run
-19's tuning: the ring w4b2c16 at T = 1 for phi, mixtral, qwen1.5), both with this checkout's kernel.
-Every variant is first checked on three routings against the reference (rel err <= 1e-2, every output written,
-counters re-armed, a rerun bit-identical), again after the timing on one routing; a bad id is flagged by every k20
-variant. Times alternate variant by variant over ROUNDS rounds of ITERS calls on rotated weight copies and routings
-(each call another routing and another copy).
+Variants are KERNEL/SHAPE: SHAPE as bulk_ring.RING plus SHAPES ("wNbMcK": N consumer warps, M blocks per SM, stages
+of K 64-wide chunks; as many stages as fit beside x, at most 16, at least 2, else the variant is left out), KERNEL
+the ring source of this checkout with the text changes of KERNELS applied:
+  main      the ring as committed (main, 77f8b48)
+  small     static shared memory cut from 34,176 to ~18 KB: the k-split sum space for 4 consumer warps instead of 8
+            and the routing for 64 slots (T * K) instead of 128 (valid here: 4 consumers, T * K <= 12), so that a
+            third block per SM, or a deeper ring, fits
+  nofence   timing only: the item outputs without their __threadfence (what the fences cost the consumers)
+"register" is the register path at the tuner's fastest register candidate (tune_timings_h200.json of run 19),
+"tuned" launch_moe_int4 at runtime/configs/NVIDIA_H200.json's parameters (run 19: the ring w4b2c16 at T = 1 for
+phi, mixtral, qwen1.5). Every variant is first checked on three routings against the reference (rel err <= 1e-2,
+every output written, counters re-armed, a rerun bit-identical), again after the timing on one routing (timing-only
+kernels too, reported apart); a bad id is flagged by the small ring. Times alternate variant by variant over ROUNDS
+rounds of ITERS calls on rotated weight copies and routings (each call another routing and another copy).
+
+Run 20a (ring_teams_run20a_h200.json) is this script at commit c1959b6, whose ring had two changes measured against
+main's: two teams of 4 consumer warps taking an item's stages in turn at 8 consumers, and phase 1's bias as the
+first mma's accumulator input; its variants are main/SHAPE (--baseline DIR: the device checkout's main kernels) and
+k20/SHAPE.
 
 Usage (repository root, after `pip install -e .`):
-    python3 runtime/results/ring_teams.py --baseline ../runtime/kernels   # $OUT/ring_teams.json, prints the table
-    python3 runtime/results/ring_teams.py --table runtime/results/ring_teams_run20_h200.json
+    python3 runtime/results/ring_teams.py             # $OUT/ring_teams.json, prints the table (run 20b)
+    python3 runtime/results/ring_teams.py --table runtime/results/ring_teams_run20b_h200.json
 """
 
 import json
@@ -37,17 +41,27 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 TOKENS = (1, 2)
 ROUNDS, ITERS = 7, 100
-VARIANTS = ("main/w4b2c16", "main/w8b2c16", "k20/w4b2c16", "k20/w8b2c16", "k20/w8b1c32", "k20/w8b2c8")
+SHAPES = {"w4b2c8": (4, 2, 8), "w4b3c8": (4, 3, 8), "w4b3c16": (4, 3, 16), "w4b4c8": (4, 4, 8), "w4b1c16": (4, 1, 16)}
+KERNELS = {"main": (), "small": (("float red[2][MOE_MAX_WARPS][8][32];", "float red[2][4][8][32];"),
+                                 ("#define MOE_MAX_SLOTS 128", "#define MOE_MAX_SLOTS 64")),
+           "nofence": (("            __threadfence();  // h visible device-wide", "            // h visible device-wide"),
+                       ("        dst[1] = tile4[1];\n        __threadfence();", "        dst[1] = tile4[1];"))}
+TIMING_ONLY = ("nofence",)
+VARIANTS = ("main/w4b2c16", "main/w4b2c8", "main/w4b3c8", "main/w4b1c16", "small/w4b2c16", "small/w4b3c16",
+            "small/w4b3c8", "small/w4b4c8", "nofence/w4b2c16")
 
 
-def compile_ring(kernel_dir: Path):
+def compile_ring(changes):
+    """The ring entry of this checkout's int4_moe text with each (old, new) of changes made (each found once)."""
     import cupy
 
-    from moespeq.runtime.kernel_source import COMMON_HEADER
+    from moespeq.runtime.kernel_source import kernel_source
     from moespeq.runtime.moe_kernels import _OPTIONS
 
-    text = (kernel_dir / "int4_moe.cu").read_text().replace(f'#include "{COMMON_HEADER}"',
-                                                            (kernel_dir / COMMON_HEADER).read_text())
+    text = kernel_source("int4_moe")
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
     fn = cupy.RawModule(code=text, options=_OPTIONS["int4_moe"]).get_function("moe_int4_ring_t8")
     fn.max_dynamic_shared_size_bytes = bulk_ring.SMEM_PER_BLOCK - fn.shared_size_bytes
     return fn
@@ -124,31 +138,31 @@ def measure(name: str, fns: dict) -> tuple[list[dict], dict]:
             f"{v} {us:.1f}{'' if checks[v]['passed'] and after[v]['passed'] else ' FAILED'}" for v, us in med.items())
             + "\n")
         sys.stdout.flush()
-    bad = {v: bulk_ring.bad_id_flagged(lb, fns["k20"], v.split("/")[1]) for v in VARIANTS
-           if v.startswith("k20/") and bulk_ring.ring_stages(fns["k20"], v.split("/")[1], 2, lb.geo.hidden)}
+    bad = {v: bulk_ring.bad_id_flagged(lb, fns["small"], v.split("/")[1]) for v in VARIANTS
+           if v.startswith("small/") and bulk_ring.ring_stages(fns["small"], v.split("/")[1], 2, lb.geo.hidden)}
     del lb
     cupy.get_default_memory_pool().free_all_blocks()
     return rows, bad
 
 
 def table(path: str) -> str:
-    """Markdown: µs per variant (% against main/w4b2c16, run 19's ring), then the fastest k20 ring against run 19's
-    3x thresholds (bench_kernels_h200.json's cupy.matmul / 3)."""
+    """Markdown: µs per variant (% against main/w4b2c16, run 19's ring), then the fastest ring that is not main's
+    or timing only against run 19's 3x thresholds (bench_kernels_h200.json's cupy.matmul / 3)."""
     d = json.loads(Path(path).read_text())
     bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
     mm = {(b["model"], b["tokens"]): b["cupy.matmul_us"] for b in bench["rows"]}
     names = list(dict.fromkeys(v for r in d["rows"] for v in r["median_us"]))
-    out = ("| model | T | " + " | ".join(names) + " | fastest k20 | 3x needs <= |\n" + "|---" * (len(names) + 4)
+    out = ("| model | T | " + " | ".join(names) + " | fastest new | 3x needs <= |\n" + "|---" * (len(names) + 4)
            + "|\n")
     for r in d["rows"]:
         med, base = r["median_us"], r["median_us"].get("main/w4b2c16")
         cells = [(f"{med[v]:.1f}" + (f" ({100 * (med[v] / base - 1):+.1f} %)" if base and v != "main/w4b2c16" else ""))
                  if v in med else "-" for v in names]
-        k20 = {v: med[v] for v in med if v.startswith("k20/")}
-        best = min(k20, key=k20.get) if k20 else None
+        new = {v: med[v] for v in med if "/" in v and v.split("/")[0] not in ("main", *TIMING_ONLY)}
+        best = min(new, key=new.get) if new else None
         m = mm.get((r["model"], r["tokens"]))
         out += (f"| {r['model']} | {r['tokens']} | " + " | ".join(cells) + " | "
-                + (f"{best} {k20[best]:.1f}" if best else "-") + " | " + (f"{m / 3:.1f}" if m else "-") + " |\n")
+                + (f"{best} {new[best]:.1f}" if best else "-") + " | " + (f"{m / 3:.1f}" if m else "-") + " |\n")
     return out
 
 
@@ -159,10 +173,10 @@ def main() -> None:
     import cupy
 
     OUT.mkdir(parents=True, exist_ok=True)
-    base_dir = Path(sys.argv[sys.argv.index("--baseline") + 1])
-    fns = {"main": compile_ring(base_dir), "k20": compile_ring(Path(__file__).parents[1] / "kernels")}
+    bulk_ring.RING.update(SHAPES)
+    fns = {k: compile_ring(changes) for k, changes in KERNELS.items()}
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
-              "baseline": str(base_dir), "registers": {k: fn.num_regs for k, fn in fns.items()},
+              "kernels": KERNELS, "timing_only": TIMING_ONLY, "registers": {k: fn.num_regs for k, fn in fns.items()},
               "static_shared_bytes": {k: fn.shared_size_bytes for k, fn in fns.items()},
               "rows": [], "bad_id_flagged": {}}
     sys.stdout.write(json.dumps({k: result[k] for k in ("registers", "static_shared_bytes")}) + "\n")
@@ -172,7 +186,7 @@ def main() -> None:
         result["bad_id_flagged"][name] = bad
         (OUT / "ring_teams.json").write_text(json.dumps(result, indent=1) + "\n")  # kept if a later model fails
     result["all_checks_passed"] = all(c["passed"] for r in result["rows"] for k in ("checks", "checks_after_timing")
-                                      for c in r[k].values()) and all(
+                                      for v, c in r[k].items() if v.split("/")[0] not in TIMING_ONLY) and all(
         ok for bad in result["bad_id_flagged"].values() for ok in bad.values())
     (OUT / "ring_teams.json").write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(table(str(OUT / "ring_teams.json")) + f"all checks passed: {result['all_checks_passed']}\n")
