@@ -22,8 +22,9 @@ CONFIG_IDS = ["w4k1j1", "w8k2j4", "w8k8j2"]
 RING_TOKENS = [1, 2, 3, 8]
 RING_CONFIGS = [LaunchConfig(warps=4, blocks_per_sm=2, down_splits=1, k_splits=1, ring_chunks=16),
                 LaunchConfig(warps=8, blocks_per_sm=1, down_splits=2, k_splits=1, ring_chunks=32),
-                LaunchConfig(warps=8, blocks_per_sm=2, down_splits=4, k_splits=1, ring_chunks=8)]
-RING_IDS = ["ring_w4b2c16j1", "ring_w8b1c32j2", "ring_w8b2c8j4"]
+                LaunchConfig(warps=8, blocks_per_sm=2, down_splits=4, k_splits=1, ring_chunks=8),
+                LaunchConfig(warps=4, blocks_per_sm=3, down_splits=1, k_splits=1, ring_chunks=8)]
+RING_IDS = ["ring_w4b2c16j1", "ring_w8b1c32j2", "ring_w8b2c8j4", "ring_w4b3c8j1"]
 
 
 def _kernels():
@@ -158,7 +159,7 @@ def test_ring_and_register_paths_back_to_back_on_one_workspace(int4_layers):
     ws = _kernels().MoeWorkspace(geo)
     runs = []
     for tokens, config in ((1, RING_CONFIGS[0]), (4, CONFIGS[1]), (2, RING_CONFIGS[2]), (16, CONFIGS[0]),
-                           (1, RING_CONFIGS[1])):
+                           (1, RING_CONFIGS[1]), (2, RING_CONFIGS[3])):
         ids, w = routing(tokens, geo, seed=200 + tokens)
         x = to_bf16(cupy.random.standard_normal((tokens, geo.hidden), dtype=cupy.float32))
         y = cupy.full(x.shape, NAN_BITS, dtype=cupy.uint16)

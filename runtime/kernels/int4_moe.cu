@@ -190,11 +190,15 @@ struct Int4Weights {
 // decodes each stage's item for them (integer divisions per stage and warp cost 8 % at T = 1, run 19f), and
 // phase 1 dequantizes to 136 + q, taking 136 * (the group's sum of x, made once per block) off the unscaled
 // sums: 4 of 11 instructions per word fewer, since here the consumers' instructions bound the time (run 19).
-// Limits: T <= RING_MAX_TOKENS, D / 128 <= RING_MAX_GROUPS (moe_kernels.ring_fits checks them).
+// Limits: T <= RING_MAX_TOKENS, T * K <= RING_MAX_SLOTS, D / 128 <= RING_MAX_GROUPS (moe_kernels.ring_stages
+// checks them).
 
 #define RING_MAX_STAGES 16
 #define RING_MAX_GROUPS 64  // D / 128
 #define RING_MAX_TOKENS 8
+#define RING_MAX_SLOTS 64  // T * K: a routing table 9 KB smaller than the register path's, so that 3 blocks with
+                           // 2 stages of 16 chunks fit an SM at T = 1 and D = 4096 (run 20)
+typedef RoutingOf<RING_MAX_SLOTS, RING_MAX_TOKENS> RingRouting;
 
 // the item (ticket, decoded by the producer), its 64-wide chunks [c0, c1) here; flags below
 struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
@@ -264,7 +268,7 @@ struct RingGeometry {
 };
 
 // The producer lane: x, then the items' bytes, stage by stage, until the tickets run out.
-__device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
+__device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
                                              const Int4Weights& w, const RingGeometry& g, int n_p1, int total) {
     const int FT = p.F / 16, DT = p.D / 16, KC1 = p.D / 64, G1 = p.D / 128, KC2 = p.F / 64, G2 = p.F / 128;
     const int* p1_done = p.counters + CTR_ROWS + DT;
@@ -327,7 +331,7 @@ __device__ __forceinline__ void ring_produce(const Routing& R, RingShared& S, un
 
 // The consumer warps: every stage in order; this warp's groups of it; at an item's last stage the fixed-order
 // sum over the consumer warps and the item's output (h and its count, or the phase-2 partial and reduction).
-__device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, const unsigned char* ring,
+__device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S, const unsigned char* ring,
                                              const MoeArgs& p, const RingGeometry& g, int consumers) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
     int* p1_done = p.counters + CTR_ROWS + p.D / 16;
@@ -471,7 +475,7 @@ __device__ __forceinline__ void ring_consume(const Routing& R, RingShared& S, co
 }
 
 __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weights& w, const RingGeometry& g) {
-    __shared__ Routing R;
+    __shared__ RingRouting R;
     __shared__ RingShared S;
     extern __shared__ __align__(128) unsigned char ring[];
     const int tid = threadIdx.x, consumers = (blockDim.x >> 5) - 1;

@@ -54,17 +54,20 @@ typedef unsigned short bf16_t;
 #define ERR_BAD_EXPERT 1      // an id outside [0, E)
 #define ERR_NOT_RESIDENT 2    // bf16 verify: an expert without a cache slot
 
-struct Routing {
+// for T * K <= SLOTS and T <= TOKENS (the INT4 kernel's ring serves smaller launches with a smaller table)
+template <int SLOTS, int TOKENS>
+struct RoutingOf {
     int n_used;
-    int ids[MOE_MAX_SLOTS];
-    float gw[MOE_MAX_SLOTS];                          // [T*K] gate weights, read with the ids in one round trip
-    int expert[MOE_MAX_SLOTS];                        // [U] expert id of use u
-    int ref[MOE_MAX_SLOTS];                           // [U] where its weights are (expert id or cache slot)
-    int count[MOE_MAX_SLOTS];                         // [U] tokens routed to it
-    unsigned char token[MOE_MAX_SLOTS][MOE_MAX_TOKENS];  // [U, n] token index, ascending
-    float weight[MOE_MAX_SLOTS][MOE_MAX_TOKENS];         // [U, n] gate weight (summed over k)
-    int first[MOE_MAX_EXPERTS];                       // [E] first slot that names the expert
+    int ids[SLOTS];
+    float gw[SLOTS];                          // [T*K] gate weights, read with the ids in one round trip
+    int expert[SLOTS];                        // [U] expert id of use u
+    int ref[SLOTS];                           // [U] where its weights are (expert id or cache slot)
+    int count[SLOTS];                         // [U] tokens routed to it
+    unsigned char token[SLOTS][TOKENS];       // [U, n] token index, ascending
+    float weight[SLOTS][TOKENS];              // [U, n] gate weight (summed over k)
+    int first[MOE_MAX_EXPERTS];               // [E] first slot that names the expert
 };
+typedef RoutingOf<MOE_MAX_SLOTS, MOE_MAX_TOKENS> Routing;
 
 struct MoeArgs {
     const bf16_t* x;      // [T, D]
@@ -207,8 +210,8 @@ __device__ __forceinline__ void pipelined(int first, int end, int step, Load loa
 
 // ---- prologue: routing in shared memory -------------------------------------------------------------------
 
-template <class Weights>
-__device__ void build_routing(Routing& R, const MoeArgs& p, const Weights& wts) {
+template <class RoutingT, class Weights>
+__device__ void build_routing(RoutingT& R, const MoeArgs& p, const Weights& wts) {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int nwarps = nthreads >> 5, S = p.T * p.K;
     for (int e = tid; e < p.E; e += nthreads) R.first[e] = S;
