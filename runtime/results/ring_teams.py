@@ -148,7 +148,7 @@ def measure(name: str, fns: dict) -> tuple[list[dict], dict]:
 
 def table(path: str) -> str:
     """Markdown: µs per variant (% against main/w4b2c16, run 19's ring), then the fastest ring that is not main's
-    or timing only against run 19's 3x thresholds (bench_kernels_h200.json's cupy.matmul / 3)."""
+    or timing only against the 3x thresholds of bench_kernels_h200.json (cupy.matmul / 3; run 20's gpu_check)."""
     d = json.loads(Path(path).read_text())
     bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
     mm = {(b["model"], b["tokens"]): b["cupy.matmul_us"] for b in bench["rows"]}
@@ -181,16 +181,8 @@ def main() -> None:
               "static_shared_bytes": {k: fn.shared_size_bytes for k, fn in fns.items()},
               "rows": [], "bad_id_flagged": {}}
     sys.stdout.write(json.dumps({k: result[k] for k in ("registers", "static_shared_bytes")}) + "\n")
-    for name in MODELS:
-        rows, bad = measure(name, fns)
-        result["rows"] += rows
-        result["bad_id_flagged"][name] = bad
-        (OUT / "ring_teams.json").write_text(json.dumps(result, indent=1) + "\n")  # kept if a later model fails
-    result["all_checks_passed"] = all(c["passed"] for r in result["rows"] for k in ("checks", "checks_after_timing")
-                                      for v, c in r[k].items() if v.split("/")[0] not in TIMING_ONLY) and all(
-        ok for bad in result["bad_id_flagged"].values() for ok in bad.values())
-    (OUT / "ring_teams.json").write_text(json.dumps(result, indent=1) + "\n")
-    sys.stdout.write(table(str(OUT / "ring_teams.json")) + f"all checks passed: {result['all_checks_passed']}\n")
+    bulk_ring.measure_models(result, MODELS, lambda name: measure(name, fns), OUT / "ring_teams.json", table,
+                             counted=lambda v: v.split("/")[0] not in TIMING_ONLY)
 
 
 if __name__ == "__main__":
