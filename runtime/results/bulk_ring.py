@@ -18,13 +18,13 @@ DIAG_OPTIONS beside the committed kernel: RING_DIAG=1 (consumers skip the groups
 RING_DIAG=2 (each slot filled on its first use only: the consumers alone, on stale bytes) are timing only (wrong
 results); RING_PAIR=1 (a consumer warp takes its groups two at a time, two accumulator sets) and RING_BIAS=1 (phase
 1 dequantizes to 136 + q and subtracts 136 * the group's sum of x) are candidate changes, checked against the
-reference first. Run 19c's call (bulk_ring_diag_run19c_h200.json, commit 9971433) had every RING variant with
-RING_DIAG 0, 1, 2; run 19d's (bulk_ring_diag_run19d_h200.json and ncu_bulk_ring_run19d_h200.txt, commit bee4035)
+reference first. Run 19c's call (bulk_ring_diag_run19c_h200.json, commit de29c32) had every RING variant with
+RING_DIAG 0, 1, 2; run 19d's (bulk_ring_diag_run19d_h200.json and ncu_bulk_ring_run19d_h200.txt, commit 5b652cd)
 had DIAG_RING with w8b1c32 and base, pair, spin (RING_SPIN=1: mbarrier waits poll), pair_spin and pair_spin with
-RING_DIAG 1 and 2; run 19e's (bulk_ring_diag_run19e_h200.json, commit b345a46) these DIAG_OPTIONS with the consumers
-decoding every stage's ticket themselves; run 19f's (bulk_ring_diag_run19f_h200.json, commit 172e94d) with the
+RING_DIAG 1 and 2; run 19e's (bulk_ring_diag_run19e_h200.json, commit 681d6ef) these DIAG_OPTIONS with the consumers
+decoding every stage's ticket themselves; run 19f's (bulk_ring_diag_run19f_h200.json, commit ee84811) with the
 producer writing the decoded item into the stage. The RING_* switches are in those commits only; the next made
-RING_PAIR and RING_BIAS the ring's code and removed the others, so run --diag there (`git checkout 172e94d`).
+RING_PAIR and RING_BIAS the ring's code and removed the others, so run --diag there (`git checkout ee84811`).
 --profile runs Nsight Compute (time_budget.NCU_ARGS) on one launch each of the committed kernel and PROFILED's
 ring variants, phi-3.5-moe at T = 1: $OUT/ncu_bulk_ring.txt.
 

@@ -17,8 +17,8 @@ every output written, counters re-armed, a rerun bit-identical), again after the
 kernels too, reported apart); a bad id is flagged by the small ring. Times alternate variant by variant over ROUNDS
 rounds of ITERS calls on rotated weight copies and routings (each call another routing and another copy).
 
-Run 20b (ring_teams_run20b_h200.json) is this script at commit 006d4b5, before the ring took the smaller routing table
-(KERNELS' 'small' assumes main's kernel text). Run 20a (ring_teams_run20a_h200.json) is this script at commit c1959b6, whose ring had two changes measured against
+Run 20b (ring_teams_run20b_h200.json) is this script at commit 032a7a4, before the ring took the smaller routing table
+(KERNELS' 'small' assumes main's kernel text). Run 20a (ring_teams_run20a_h200.json) is this script at commit 2443713, whose ring had two changes measured against
 main's: two teams of 4 consumer warps taking an item's stages in turn at 8 consumers, and phase 1's bias as the
 first mma's accumulator input; its variants are main/SHAPE (--baseline DIR: the device checkout's main kernels) and
 k20/SHAPE.
