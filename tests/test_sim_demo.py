@@ -18,6 +18,13 @@ def tpot():
             for s in ("speq", "lru-sm", "lru-sc", "hf-offload")}
 
 
+@pytest.fixture(scope="module")
+def oracle():
+    trace = read_trace(demo_trace_path())
+    hw, budget = get_hardware(DEFAULT_HARDWARE), parse_bytes(DEFAULT_BUDGET)
+    return simulate(trace, SimConfig(system="oracle", budget_bytes=budget, hardware=hw)).metrics
+
+
 def test_baselines_order_as_in_the_paper(tpot):
     assert tpot["lru-sm"] < tpot["lru-sc"] < tpot["hf-offload"]
 
@@ -47,10 +54,9 @@ def test_speq_beats_lru_sm(tpot):
     assert tpot["speq"] < tpot["lru-sm"]
 
 
-def test_oracle_bounds_every_draft_length(tpot):
+def test_oracle_bounds_every_draft_length(tpot, oracle):
     trace = read_trace(demo_trace_path())
     hw, budget = get_hardware(DEFAULT_HARDWARE), parse_bytes(DEFAULT_BUDGET)
-    oracle = simulate(trace, SimConfig(system="oracle", budget_bytes=budget, hardware=hw)).metrics
     sweep = oracle["k_sweep"]
     assert [row["k"] for row in sweep] == list(range(trace.meta.k_max + 1))
     speq_slots = simulate(trace, SimConfig(system="speq-static", budget_bytes=budget, hardware=hw)).layout
@@ -58,3 +64,10 @@ def test_oracle_bounds_every_draft_length(tpot):
     assert {row["cache_slots"] for row in sweep[1:]} == {speq_slots.cache_slots_total}
     assert oracle["tpot_ms"] == min(row["tpot_ms"] for row in sweep)
     assert tpot["speq"] >= min(row["tpot_ms"] for row in sweep[1:])  # no speculating policy beats the oracle's
+
+
+def test_no_policy_that_holds_the_draft_beats_lru_sm_by_more_than_one_percent(tpot, oracle):
+    # Why test_speq_beats_lru_sm fails here, as a checked fact: at speq's memory (the oracle's k >= 1 rows),
+    # Belady eviction with perfect prefetch at the best static draft length only ties lru-sm (169.0 vs 169.6
+    # ms/token measured), so better eviction or prefetch cannot close speq's gap.
+    assert min(row["tpot_ms"] for row in oracle["k_sweep"][1:]) > 0.99 * tpot["lru-sm"]
