@@ -34,6 +34,7 @@ ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache s
 
 RING_FUNCTION = "moe_int4_ring_t8"
 RING_MAX_STAGES, RING_MAX_TOKENS, RING_MAX_SLOTS, RING_MAX_GROUPS = 16, 8, 64, 64  # int4_moe.cu's limits of the ring
+RING_HELPER_WARPS = 2  # a ring block's warps besides its consumers: the producer and the output warp
 INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
 _OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
             "expert_bf16": ("--std=c++17",)}
@@ -171,7 +172,7 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
         kernel = _ring_kernel()
         grid = (device_info().sm_count * config.blocks_per_sm,)  # persistent, as the register path's
         shared_mem = stages * ring_stage_bytes(config.ring_chunks, tokens) + ring_x_bytes(tokens, geo.hidden)
-        kernel(grid, (32 * (config.warps + 1),), (*args, np.int32(stages), np.int32(config.ring_chunks)),
+        kernel(grid, (32 * (config.warps + RING_HELPER_WARPS),), (*args, np.int32(stages), np.int32(config.ring_chunks)),
                shared_mem=shared_mem)
         return out
     if config.ring_chunks:  # no room for the ring at this T (the nearest tuned T's choice): the register path

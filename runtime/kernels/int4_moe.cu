@@ -184,9 +184,11 @@ struct Int4Weights {
 // A stage holds `chunks` 64-wide chunks of a phase-1 row tile's gate and of its up (codes, then scales), or
 // 2 * `chunks` chunks of a phase-2 row tile's down and the same columns of the expert's h rows. x is copied to
 // shared memory once per block. B operands come from shared memory, so no fence can evict them (in L1 they
-// were re-read from L2 after every item's fence: run 19's first call). The consumer warps (all but the last)
-// take the stage's 128-wide groups round robin, two at a time into two accumulator sets (independent mma
-// chains), so each item's k split over them is fixed and the fixed-order sum stays deterministic. The producer
+// were re-read from L2 after every item's fence: run 19's first call). The consumer warps take the stage's
+// 128-wide groups round robin, two at a time into two accumulator sets (independent mma chains), so each item's
+// k split over them is fixed and the fixed-order sum stays deterministic; at an item's end they hand their sums
+// to an output warp, which adds them in warp order and does the item's stores, fence and count (and for phase 2
+// the reduction), so that no consumer waits on another or on the device-wide fences (run 22). The producer
 // decodes each stage's item for them (integer divisions per stage and warp cost 8 % at T = 1, run 19f), and
 // phase 1 dequantizes to 136 + q, taking 136 * (the group's sum of x, made once per block) off the unscaled
 // sums: 4 of 11 instructions per word fewer, since here the consumers' instructions bound the time (run 19).
@@ -194,6 +196,7 @@ struct Int4Weights {
 // checks them).
 
 #define RING_MAX_STAGES 16
+#define RING_HELPER_WARPS 2  // besides the consumers: the producer and the output warp
 #define RING_MAX_GROUPS 64  // D / 128
 #define RING_MAX_TOKENS 8
 #define RING_MAX_SLOTS 64  // T * K: a routing table 9 KB smaller than the register path's, so that 3 blocks with
@@ -207,11 +210,13 @@ struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
 #define RING_END -1   // ticket of the stage that tells the consumers to leave
 
 struct __align__(16) RingShared {
-    float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of the item's k-split sum, by item parity (first:
-                                         // a phase-2 tile in it is read as float4)
+    float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of an item's k-split sum, by item parity (first: the
+                                         // output warp builds a phase-2 tile in red[parity][0], read as float4)
     float xsum[RING_MAX_TOKENS][RING_MAX_GROUPS];  // sum of x[t] over each 128-wide group (phase 1's bias)
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
+    unsigned long long red_full[2], red_empty[2];  // red[parity] written by every consumer / read by the output warp
     RingStage stage[RING_MAX_STAGES];
+    RingStage out[2];                              // the item whose sums red[parity] holds
     int ticket;
 };
 
@@ -267,18 +272,66 @@ struct RingGeometry {
     __device__ int h_at() const { return 1056 * chunks; }
 };
 
-// The producer lane: x, then the items' bytes, stage by stage, until the tickets run out.
+// The producer lane: x, then the items' bytes, stage by stage, until the tickets run out. A phase-2 stage's down
+// weights do not depend on h, so they are copied at once; its h columns wait for the expert's phase 1 (acquire,
+// then fence.proxy.async so the copy engine sees what other blocks wrote). Until then the stages of that expert
+// stay "pending" (weights in flight, h not yet asked for), so the tail of the last expert's phase 1 overlaps the
+// streaming of its down projection. Pending stages are finished before the producer could block on a slot that
+// only they can free, and before a stage of another expert.
+struct RingPending {
+    int k, u;  // stages k.. up to the producer's current one wait for expert u's h; k < 0: none
+};
+
+#ifndef RING_EARLY_DOWN
+#define RING_EARLY_DOWN 1
+#endif
+
+__device__ __forceinline__ void ring_copy_h(const RingRouting& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
+                                            const RingGeometry& g, int s, int u) {
+    const RingStage& st = S.stage[s];
+    const int n = st.c1 - st.c0;
+    if (n <= 0) return;
+    unsigned char* dst = ring + (size_t)s * g.stage_bytes + g.h_at();
+    for (int t = 0; t < R.count[u]; ++t) {
+        bulk_copy(dst + t * g.h_stride, p.hbuf + ((size_t)u * MOE_MAX_TOKENS + t) * p.F + 64 * st.c0, n * 128, &S.full[s]);
+    }
+}
+
+// Whether expert u's h may be bulk-copied: its phase 1 is complete (polled once, or waited for), and the async
+// proxy is fenced so that the copy engine sees every block's h stores.
+__device__ __forceinline__ bool ring_h_ready(const MoeArgs& p, int u, int& ready_u, bool wait) {
+    if (u <= ready_u) return true;  // a block's phase-2 items come expert by expert (tickets are expert-major)
+    const int* done = p.counters + CTR_ROWS + p.D / 16 + u;
+    while (ld_acquire(done) < p.F / 16) {
+        if (!wait) return false;
+        __nanosleep(64);
+    }
+    asm volatile("fence.proxy.async.global;" ::: "memory");
+    ready_u = u;
+    return true;
+}
+
+// the pending stages' h, once it is there
+__device__ __forceinline__ void ring_flush(const RingRouting& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
+                                           const RingGeometry& g, RingPending& pend, int k, int& ready_u) {
+    if (pend.k < 0) return;
+    ring_h_ready(p, pend.u, ready_u, true);
+    for (int q = pend.k; q < k; ++q) ring_copy_h(R, S, ring, p, g, q % g.stages, pend.u);
+    pend.k = -1;
+}
+
 __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
                                              const Int4Weights& w, const RingGeometry& g, int n_p1, int total) {
     const int FT = p.F / 16, DT = p.D / 16, KC1 = p.D / 64, G1 = p.D / 128, KC2 = p.F / 64, G2 = p.F / 128;
-    const int* p1_done = p.counters + CTR_ROWS + DT;
     unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
     mbar_arrive_tx(&S.x_full, p.T * p.D * 2);
     for (int t = 0; t < p.T; ++t) bulk_copy(xs + t * g.x_stride, p.x + (size_t)t * p.D, p.D * 2, &S.x_full);
     int ticket = S.ticket, k = 0, ready_u = -1;
+    RingPending pend{-1, -1};
     for (;;) {
         const int next = ticket < total ? atomicAdd(&p.counters[CTR_TICKET], 1) : 0;  // its latency overlaps the copies
         if (ticket >= total) {
+            ring_flush(R, S, ring, p, g, pend, k, ready_u);
             const int s = k % g.stages;
             if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
             S.stage[s] = {RING_END, 0, 0, 0, 0, 0, 0, 0};
@@ -292,15 +345,16 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
         if (it.phase == 2) {
             Int4Weights::split(KC2, p.J, it.j, lo, hi);
             step = 2 * g.chunks;
-            if (it.u > ready_u) {  // the h copies below read what other blocks wrote: wait, then order the proxies
-                while (ld_acquire(&p1_done[it.u]) < FT) __nanosleep(64);
-                asm volatile("fence.proxy.async.global;" ::: "memory");
-                ready_u = it.u;
-            }
+            if (pend.k >= 0 && pend.u != it.u) ring_flush(R, S, ring, p, g, pend, k, ready_u);
+            ring_h_ready(p, it.u, ready_u, !RING_EARLY_DOWN);  // not ready: the item's stages are pending
+            if (pend.k >= 0 && it.u <= ready_u) ring_flush(R, S, ring, p, g, pend, k, ready_u);
         }
         for (int c0 = lo;; c0 += step) {
             const int c1 = min(hi, c0 + step), n = c1 - c0, s = k % g.stages;
-            if (k >= g.stages) mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
+            if (k >= g.stages) {
+                if (pend.k >= 0 && pend.k <= k - g.stages) ring_flush(R, S, ring, p, g, pend, k, ready_u);
+                mbar_wait(&S.empty[s], (k / g.stages - 1) & 1);
+            }
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
             S.stage[s] = {ticket, it.phase, it.u, it.r0, it.j, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
             if (it.phase == 1) {
@@ -316,10 +370,11 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
                 if (n > 0) {  // an empty split (more splits than groups) still completes its item
                     bulk_copy(st, w.down_q + (tile * KC2 + c0) * 32, n * 512, &S.full[s]);
                     bulk_copy(st + g.scales_at(), w.down_s + (tile * G2 + c0 / 2) * 8, n * 16, &S.full[s]);
-                    for (int t = 0; t < cnt; ++t) {
-                        bulk_copy(st + g.h_at() + t * g.h_stride,
-                                  p.hbuf + ((size_t)it.u * MOE_MAX_TOKENS + t) * p.F + 64 * c0, n * 128, &S.full[s]);
-                    }
+                }
+                if (it.u <= ready_u) {
+                    ring_copy_h(R, S, ring, p, g, s, it.u);
+                } else if (pend.k < 0) {
+                    pend = {k, it.u};
                 }
             }
             ++k;
@@ -329,12 +384,26 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
     }
 }
 
-// The consumer warps: every stage in order; this warp's groups of it; at an item's last stage the fixed-order
-// sum over the consumer warps and the item's output (h and its count, or the phase-2 partial and reduction).
+// A consumer warp's part of an item's fixed-order sum: its fragments into red[parity] for the output warp (once
+// the output warp has read what the item two before left there), then on. Consumers never wait for each other
+// or for the item's output. The RING_END stage is handed over the same way, with no sums.
+__device__ __forceinline__ void ring_hand_over(RingShared& S, const RingStage& st, const float* acc, const float* acc2,
+                                               int item) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, par = item & 1;
+    if (item >= 2) mbar_wait(&S.red_empty[par], ((item >> 1) - 1) & 1);
+    if (st.ticket != RING_END) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) S.red[par][warp][i][lane] = acc[i] + acc2[i];
+    }
+    if (warp == 0 && lane == 0) S.out[par] = st;
+    mbar_arrive(&S.red_full[par]);  // every lane: each releases its own writes above
+}
+
+// The consumer warps: every stage in order; this warp's groups of it; at an item's last stage its sums handed to
+// the output warp.
 __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S, const unsigned char* ring,
                                              const MoeArgs& p, const RingGeometry& g, int consumers) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
-    int* p1_done = p.counters + CTR_ROWS + p.D / 16;
     const unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
     float acc[8], acc2[8];  // acc2: the second group of a pair
     int items = 0;
@@ -355,7 +424,10 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
     for (int s = 0, parity = 0;; s = s + 1 == g.stages ? 0 : s + 1, parity ^= s == 0) {
         mbar_wait(&S.full[s], parity);
         const RingStage st = S.stage[s];
-        if (st.ticket == RING_END) return;
+        if (st.ticket == RING_END) {
+            ring_hand_over(S, st, acc, acc2, items);
+            return;
+        }
         const Item it{st.phase, st.u, st.r0, st.j};
         const int cnt = R.count[it.u], n = min(gl, cnt - 1);
         if (st.flags & RING_FIRST) {
@@ -416,38 +488,48 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage
-        if (!(st.flags & RING_LAST)) continue;
-        // the item's fixed-order sum over the consumer warps: S.red by item parity, so one barrier per item. The
-        // item's output (its fences and atomics, a phase-2 reduction) goes to the warps in turn, so that no one
-        // warp falls behind the others on the stages that follow.
-        float (*red)[8][32] = S.red[items & 1];
-        const int lead = items++ % consumers;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i] + acc2[i];
-        consumer_sync(consumers);
-        if (warp != lead) continue;
+        if (st.flags & RING_LAST) ring_hand_over(S, st, acc, acc2, items++);
+    }
+}
+
+// The output warp: each item's sum over the consumer warps in their fixed order, then its output (h and its
+// count, or the phase-2 partial and, for the last arrival on its row tile, the reduction into y), with the
+// device-wide fences and atomics that cost the consumers 4-8 % when they did this themselves (run 20b).
+__device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S, const MoeArgs& p, int consumers) {
+    const int lane = threadIdx.x & 31, gl = lane >> 2, c = lane & 3;
+    int* p1_done = p.counters + CTR_ROWS + p.D / 16;
+    for (int item = 0;; ++item) {
+        const int par = item & 1;
+        mbar_wait(&S.red_full[par], (item >> 1) & 1);
+        const RingStage st = S.out[par];
+        if (st.ticket == RING_END) return;
+        float (*red)[8][32] = S.red[par];
+        float acc[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             float v = red[0][i][lane];
             for (int q = 1; q < consumers; ++q) v += red[q][i][lane];
             acc[i] = v;
         }
-        if (it.phase == 1) {
+        const int cnt = R.count[st.u];
+        if (st.phase == 1) {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&S.red_empty[par]);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const int tok = 2 * c + (i & 1), row = 16 * it.r0 + gl + 8 * (i >> 1);
+                const int tok = 2 * c + (i & 1), row = 16 * st.r0 + gl + 8 * (i >> 1);
                 if (tok < cnt) {
                     const float gv = acc[i], uv = acc[4 + i];
-                    p.hbuf[((size_t)it.u * MOE_MAX_TOKENS + tok) * p.F + row] = f32_to_bf16(gv / (1.0f + __expf(-gv)) * uv);
+                    p.hbuf[((size_t)st.u * MOE_MAX_TOKENS + tok) * p.F + row] = f32_to_bf16(gv / (1.0f + __expf(-gv)) * uv);
                 }
             }
             __threadfence();  // h visible device-wide before the completion count says so
             __syncwarp();
-            if (lane == 0) atomicAdd(&p1_done[it.u], 1);
+            if (lane == 0) atomicAdd(&p1_done[st.u], 1);
             continue;
         }
-        // this item's own red row is free until the next barrier of this parity: the token-space tile
-        float* tile = &red[warp][0][0];
+        // red[parity][0] is read: the item's token-space tile goes there until the partial is stored
+        float* tile = &red[0][0][0];
         float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;
         __syncwarp();
         tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -455,13 +537,15 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int tok = 2 * c + (i & 1);
-            if (tok < cnt) tile[(gl + 8 * (i >> 1)) * 16 + R.token[it.u][tok]] = R.weight[it.u][tok] * acc[i];
+            if (tok < cnt) tile[(gl + 8 * (i >> 1)) * 16 + R.token[st.u][tok]] = R.weight[st.u][tok] * acc[i];
         }
         __syncwarp();
-        const int r = it.r0;
-        float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + it.u) * p.J + it.j) * MOE_TILE) + 2 * lane;
+        const int r = st.r0;
+        float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + st.u) * p.J + st.j) * MOE_TILE) + 2 * lane;
         dst[0] = tile4[0];
         dst[1] = tile4[1];
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&S.red_empty[par]);
         __threadfence();
         __syncwarp();
         int last = 0;
@@ -478,7 +562,7 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
     __shared__ RingRouting R;
     __shared__ RingShared S;
     extern __shared__ __align__(128) unsigned char ring[];
-    const int tid = threadIdx.x, consumers = (blockDim.x >> 5) - 1;
+    const int tid = threadIdx.x, consumers = (blockDim.x >> 5) - RING_HELPER_WARPS;
     if (tid == 0) {
         S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
         for (int s = 0; s < g.stages; ++s) {
@@ -486,6 +570,10 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
             mbar_init(&S.empty[s], consumers);  // one arrive per consumer warp
         }
         mbar_init(&S.x_full, 1);
+        for (int q = 0; q < 2; ++q) {
+            mbar_init(&S.red_full[q], 32 * consumers);  // every consumer lane
+            mbar_init(&S.red_empty[q], 1);              // the output warp
+        }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     build_routing(R, p, w);  // ends with a barrier, which also publishes S.ticket and the barriers
@@ -493,6 +581,8 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
     if ((tid >> 5) == consumers) {
         if ((tid & 31) == 0) ring_produce(R, S, ring, p, w, g, n_p1, total);
         __syncwarp();
+    } else if ((tid >> 5) == consumers + 1) {
+        ring_output(R, S, p, consumers);
     } else {
         ring_consume(R, S, ring, p, g, consumers);
     }
@@ -531,8 +621,9 @@ MOE_INT4_ENTRY(moe_int4_t8, 1, __launch_bounds__(MOE_MAX_WARPS * 32))
 MOE_INT4_ENTRY(moe_int4_t16, 2, __maxnreg__(168))
 
 // T <= 8 through the bulk-copy ring: `stages` stages of `chunks` chunks per matrix and x in dynamic shared
-// memory (RingGeometry); the block's last warp produces, the others consume (at most MOE_MAX_WARPS of them)
-extern "C" __global__ void __launch_bounds__((MOE_MAX_WARPS + 1) * 32) moe_int4_ring_t8(
+// memory (RingGeometry); of a block's warps, the last but one produces, the last writes the items' outputs, the
+// others consume (at most MOE_MAX_WARPS of them)
+extern "C" __global__ void __launch_bounds__((MOE_MAX_WARPS + RING_HELPER_WARPS) * 32) moe_int4_ring_t8(
     const bf16_t* x, const int* ids, const float* gw, const uint4* gate_q, const unsigned* gate_s,
     const uint4* up_q, const unsigned* up_s, const uint4* down_q, const unsigned* down_s, bf16_t* y,
     bf16_t* hbuf, float* partial, int* counters, int T, int K, int E, int D, int F, int J, int KS,

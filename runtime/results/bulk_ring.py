@@ -89,8 +89,10 @@ def resident_blocks(fn, v: str, tokens: int, hidden: int) -> int:
     return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, 32 * (warps + 1), shared)
 
 
-def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None):
-    """One launch of the ring entry per call i on routing, x and weight copy i (rotated), like lb.int4_call."""
+def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None, helpers: int = 1):
+    """One launch of the ring entry per call i on routing, x and weight copy i (rotated), like lb.int4_call;
+    `helpers` warps per block besides the consumers (1: the producer, the ring of runs 19-21; 2: and the output
+    warp, from run 22)."""
     import numpy as np
 
     from moespeq.runtime import moe_kernels as mk
@@ -99,7 +101,7 @@ def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None)
     stages = ring_stages(fn, v, tokens, lb.geo.hidden)
     sets, xs, layers = sets or lb.routing(tokens), xs or lb.xs[tokens], layers or lb.int4_layers
     geo, ws = lb.geo, lb.workspace
-    grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + 1),)
+    grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + helpers),)
     shared = ring_bytes(chunks, stages, tokens, geo.hidden)
 
     def call(i: int) -> None:
