@@ -126,7 +126,7 @@ def ring_stages(config: LaunchConfig, tokens: int, geo: ExpertGeometry) -> int:
         return 0
     dev, static = device_info(), get_kernel("int4_moe", RING_FUNCTION).shared_size_bytes
     budget = min(dev.smem_per_block_optin_bytes, dev.smem_per_sm_bytes // config.blocks_per_sm - 1024) - static
-    stages = (budget - ring_x_bytes(tokens, geo.hidden)) // ring_stage_bytes(config.ring_chunks, tokens)
+    stages = (budget - ring_fixed_bytes(tokens, geo.hidden, config.warps)) // ring_stage_bytes(config.ring_chunks, tokens)
     stages = min(RING_MAX_STAGES, stages)
     return stages if stages >= 2 else 0
 
@@ -136,8 +136,10 @@ def ring_stage_bytes(chunks: int, tokens: int) -> int:
     return 1056 * chunks + tokens * (256 * chunks + 64)
 
 
-def ring_x_bytes(tokens: int, hidden: int) -> int:
-    return tokens * (2 * hidden + 64)  # x rows in shared memory, 64 B longer than the row (RingGeometry)
+def ring_fixed_bytes(tokens: int, hidden: int, consumers: int) -> int:
+    """RingGeometry's dynamic shared memory besides the stages: x rows (64 B longer than the row), then an item's
+    sums by parity, 1 KiB per consumer warp."""
+    return tokens * (2 * hidden + 64) + 2 * consumers * 1024
 
 
 def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:
@@ -171,7 +173,8 @@ def launch_moe_int4(x: Any, topk_ids: Any, topk_w: Any, experts: Int4Experts, wo
         assert config.down_splits <= workspace.max_splits, (config.down_splits, workspace.max_splits)
         kernel = _ring_kernel()
         grid = (device_info().sm_count * config.blocks_per_sm,)  # persistent, as the register path's
-        shared_mem = stages * ring_stage_bytes(config.ring_chunks, tokens) + ring_x_bytes(tokens, geo.hidden)
+        shared_mem = stages * ring_stage_bytes(config.ring_chunks, tokens) + ring_fixed_bytes(tokens, geo.hidden,
+                                                                                             config.warps)
         kernel(grid, (32 * (config.warps + RING_HELPER_WARPS),), (*args, np.int32(stages), np.int32(config.ring_chunks)),
                shared_mem=shared_mem)
         return out

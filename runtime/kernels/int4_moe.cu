@@ -210,13 +210,11 @@ struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
 #define RING_END -1   // ticket of the stage that tells the consumers to leave
 
 struct __align__(16) RingShared {
-    float red[2][MOE_MAX_WARPS][8][32];  // per-warp fragments of an item's k-split sum, by item parity (first: the
-                                         // output warp builds a phase-2 tile in red[parity][0], read as float4)
     float xsum[RING_MAX_TOKENS][RING_MAX_GROUPS];  // sum of x[t] over each 128-wide group (phase 1's bias)
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
-    unsigned long long red_full[2], red_empty[2];  // red[parity] written by every consumer / read by the output warp
+    unsigned long long red_full[2], red_empty[2];  // red(parity) written by every consumer / read by the output warp
     RingStage stage[RING_MAX_STAGES];
-    RingStage out[2];                              // the item whose sums red[parity] holds
+    RingStage out[2];                              // the item whose sums red(parity) holds
     int ticket;
 };
 
@@ -261,15 +259,25 @@ __device__ __forceinline__ void consumer_sync(int consumers) {  // named barrier
     asm volatile("bar.sync 1, %0;" :: "r"(32 * consumers) : "memory");
 }
 
-// Dynamic shared memory: `stages` stages, then x. A stage: codes of 2 * chunks chunks (512 B each), their
-// scales (16 B per chunk), then (phase 2) T rows of 2 * chunks chunks of h (128 B per chunk). Token rows are
-// 64 B longer than their data, so that 8 rows read at one column fall into both halves of the banks.
+typedef float RingRed[8][32];  // one consumer warp's 8 fragments of an item's sums, [value][lane]: no bank conflicts
+
+// Dynamic shared memory: `stages` stages, then x, then the item sums. A stage: codes of 2 * chunks chunks (512 B
+// each), their scales (16 B per chunk), then (phase 2) T rows of 2 * chunks chunks of h (128 B per chunk). Token
+// rows are 64 B longer than their data, so that 8 rows read at one column fall into both halves of the banks. The
+// sums, by item parity, one RingRed per consumer warp: sized by the launch's consumers, so that 4 of them leave
+// 8 KB more for stages than static space for MOE_MAX_WARPS did (run 22).
 struct RingGeometry {
-    int stages, chunks, h_stride, stage_bytes, x_stride;
-    __device__ RingGeometry(int s, int c, int T, int D)
-        : stages(s), chunks(c), h_stride(256 * c + 64), stage_bytes(1056 * c + T * (256 * c + 64)), x_stride(2 * D + 64) {}
+    int stages, chunks, consumers, h_stride, stage_bytes, x_stride, red_at;
+    __device__ RingGeometry(int s, int c, int T, int D, int w)
+        : stages(s), chunks(c), consumers(w), h_stride(256 * c + 64), stage_bytes(1056 * c + T * (256 * c + 64)),
+          x_stride(2 * D + 64), red_at(s * stage_bytes + T * x_stride) {}
     __device__ int scales_at() const { return 1024 * chunks; }
     __device__ int h_at() const { return 1056 * chunks; }
+    // consumer warp q's sums of items of parity par: red(ring, par)[q] (the output warp builds a phase-2 item's
+    // token-space tile in red(ring, par)[0], read as float4)
+    __device__ RingRed* red(unsigned char* ring, int par) const {
+        return reinterpret_cast<RingRed*>(ring + red_at) + par * consumers;
+    }
 };
 
 // The producer lane: x, then the items' bytes, stage by stage, until the tickets run out. A phase-2 stage's down
@@ -387,13 +395,13 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
 // A consumer warp's part of an item's fixed-order sum: its fragments into red[parity] for the output warp (once
 // the output warp has read what the item two before left there), then on. Consumers never wait for each other
 // or for the item's output. The RING_END stage is handed over the same way, with no sums.
-__device__ __forceinline__ void ring_hand_over(RingShared& S, const RingStage& st, const float* acc, const float* acc2,
-                                               int item) {
+__device__ __forceinline__ void ring_hand_over(RingShared& S, RingRed* red, const RingStage& st, const float* acc,
+                                               const float* acc2, int item) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, par = item & 1;
     if (item >= 2) mbar_wait(&S.red_empty[par], ((item >> 1) - 1) & 1);
     if (st.ticket != RING_END) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) S.red[par][warp][i][lane] = acc[i] + acc2[i];
+        for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i] + acc2[i];
     }
     if (warp == 0 && lane == 0) S.out[par] = st;
     mbar_arrive(&S.red_full[par]);  // every lane: each releases its own writes above
@@ -401,9 +409,9 @@ __device__ __forceinline__ void ring_hand_over(RingShared& S, const RingStage& s
 
 // The consumer warps: every stage in order; this warp's groups of it; at an item's last stage its sums handed to
 // the output warp.
-__device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S, const unsigned char* ring,
-                                             const MoeArgs& p, const RingGeometry& g, int consumers) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3;
+__device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S, unsigned char* ring,
+                                             const MoeArgs& p, const RingGeometry& g) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, c = lane & 3, consumers = g.consumers;
     const unsigned char* xs = ring + (size_t)g.stages * g.stage_bytes;
     float acc[8], acc2[8];  // acc2: the second group of a pair
     int items = 0;
@@ -425,7 +433,7 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         mbar_wait(&S.full[s], parity);
         const RingStage st = S.stage[s];
         if (st.ticket == RING_END) {
-            ring_hand_over(S, st, acc, acc2, items);
+            ring_hand_over(S, g.red(ring, items & 1), st, acc, acc2, items);
             return;
         }
         const Item it{st.phase, st.u, st.r0, st.j};
@@ -488,14 +496,18 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage
-        if (st.flags & RING_LAST) ring_hand_over(S, st, acc, acc2, items++);
+        if (st.flags & RING_LAST) {
+            ring_hand_over(S, g.red(ring, items & 1), st, acc, acc2, items);
+            ++items;
+        }
     }
 }
 
 // The output warp: each item's sum over the consumer warps in their fixed order, then its output (h and its
 // count, or the phase-2 partial and, for the last arrival on its row tile, the reduction into y), with the
 // device-wide fences and atomics that cost the consumers 4-8 % when they did this themselves (run 20b).
-__device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S, const MoeArgs& p, int consumers) {
+__device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
+                                            const RingGeometry& g) {
     const int lane = threadIdx.x & 31, gl = lane >> 2, c = lane & 3;
     int* p1_done = p.counters + CTR_ROWS + p.D / 16;
     for (int item = 0;; ++item) {
@@ -503,12 +515,12 @@ __device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S,
         mbar_wait(&S.red_full[par], (item >> 1) & 1);
         const RingStage st = S.out[par];
         if (st.ticket == RING_END) return;
-        float (*red)[8][32] = S.red[par];
+        RingRed* red = g.red(ring, par);
         float acc[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             float v = red[0][i][lane];
-            for (int q = 1; q < consumers; ++q) v += red[q][i][lane];
+            for (int q = 1; q < g.consumers; ++q) v += red[q][i][lane];
             acc[i] = v;
         }
         const int cnt = R.count[st.u];
@@ -528,7 +540,7 @@ __device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S,
             if (lane == 0) atomicAdd(&p1_done[st.u], 1);
             continue;
         }
-        // red[parity][0] is read: the item's token-space tile goes there until the partial is stored
+        // red[0] is read: the item's token-space tile goes there until the partial is stored
         float* tile = &red[0][0][0];
         float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;
         __syncwarp();
@@ -562,7 +574,7 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
     __shared__ RingRouting R;
     __shared__ RingShared S;
     extern __shared__ __align__(128) unsigned char ring[];
-    const int tid = threadIdx.x, consumers = (blockDim.x >> 5) - RING_HELPER_WARPS;
+    const int tid = threadIdx.x, consumers = g.consumers;
     if (tid == 0) {
         S.ticket = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
         for (int s = 0; s < g.stages; ++s) {
@@ -582,9 +594,9 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
         if ((tid & 31) == 0) ring_produce(R, S, ring, p, w, g, n_p1, total);
         __syncwarp();
     } else if ((tid >> 5) == consumers + 1) {
-        ring_output(R, S, p, consumers);
+        ring_output(R, S, ring, p, g);
     } else {
-        ring_consume(R, S, ring, p, g, consumers);
+        ring_consume(R, S, ring, p, g);
     }
     __syncthreads();
     if (tid == 0 && atomicAdd(&p.counters[CTR_EXITED], 1) == (int)gridDim.x - 1) {
@@ -630,5 +642,5 @@ extern "C" __global__ void __launch_bounds__((MOE_MAX_WARPS + RING_HELPER_WARPS)
     int u_cap, int stages, int chunks) {
     const MoeArgs p{x, ids, gw, y, hbuf, partial, counters, T, K, E, D, F, J, KS, u_cap};
     const Int4Weights w{gate_q, gate_s, up_q, up_s, down_q, down_s};
-    moe_int4_ring(p, w, RingGeometry(stages, chunks, T, D));
+    moe_int4_ring(p, w, RingGeometry(stages, chunks, T, D, (int)(blockDim.x >> 5) - RING_HELPER_WARPS));
 }

@@ -1,30 +1,35 @@
 """Run 22's measurements of the INT4 kernel's bulk-copy ring (int4_moe.cu's moe_int4_ring_t8, T <= 8) on the H200,
-side by side in one call, the four benchmark models at T = 1 and 2 (where the ring serves).
+side by side in one call each, the four benchmark models at T = 1 and 2 (where the ring serves).
 
 Variants are KERNEL/SHAPE, SHAPE as bulk_ring.RING ("wNbMcK": N consumer warps, M blocks per SM, stages of K 64-wide
-chunks; as many stages as fit beside x, at most 16, at least 2, else the variant is left out), KERNEL one of:
-  base   the ring of runs 20-21 (commit f0cc656's int4_moe.cu, which the call ships as BASE): each item's output
-         (the sum over the consumer warps, h and its count, or the phase-2 partial and reduction) done by one
-         consumer warp in turn, after a barrier of all consumers; one helper warp (the producer)
-  ow     this checkout's ring with -DRING_EARLY_DOWN=0: an output warp per block takes each item's sums from
-         shared memory and does its output, so the consumers neither meet at a barrier nor wait on the fences
-  owed   this checkout's ring as committed: ow, and the producer copies a phase-2 item's down weights before its
-         expert's phase 1 is complete (h follows once it is), so the last expert's down projection streams under
-         the tail of phase 1
-"register" is the register path at run 20's fastest register candidate (tune_timings_h200.json), "tuned"
-launch_moe_int4 at runtime/configs/NVIDIA_H200.json (run 20's choices; this checkout's ring where they name one).
-Every variant is first checked on three routings against the reference (rel err <= 1e-2, every output written,
-counters re-armed, a rerun bit-identical), again after the timing on one routing; a bad id is flagged by owed. Times
-alternate variant by variant over ROUNDS rounds of ITERS calls on rotated weight copies and routings.
+chunks; as many stages as fit, at most 16, at least 2, else the variant is left out), KERNEL one of KERNELS: a ring
+source (a file the call ships beside the checkout, or this checkout's), -D options, the warps per block besides the
+consumers, and whether the item sums live in dynamic shared memory (sized by the consumers) or in static:
+  base   the ring of runs 20-21 (commit f0cc656's int4_moe.cu): each item's output (the sum over the consumer warps,
+         h and its count, or the phase-2 partial and reduction) done by one consumer warp in turn, after a barrier
+         of all consumers; one helper warp (the producer)
+  ow     commit 6482b3a's ring with -DRING_EARLY_DOWN=0: an output warp per block takes each item's sums from shared
+         memory and does its output, so the consumers neither meet at a barrier nor wait on the fences
+  owed   commit 6482b3a's ring: ow, and the producer copies a phase-2 item's down weights before its expert's phase 1
+         is complete (h follows once it is), so the last expert's down projection streams under phase 1's tail
+  dyn    this checkout's ring: owed with the item sums in dynamic shared memory, 2 KB per consumer warp instead of
+         16 KB static for 8, so that 4 consumers get 8 KB more for stages
+Run 22a (output_warp_run22a_h200.json) compared base, ow and owed (this script at commit 6482b3a, BASE the f0cc656
+file); run 22b (output_warp_run22b_h200.json) owed against dyn. "register" is the register path at run 20's fastest
+register candidate (tune_timings_h200.json), "tuned" launch_moe_int4 at runtime/configs/NVIDIA_H200.json (run 20's
+choices; this checkout's ring where they name one). Every variant is first checked on three routings against the
+reference (rel err <= 1e-2, every output written, counters re-armed, a rerun bit-identical), again after the timing
+on one routing; a bad id is flagged by the newest kernel. Times alternate variant by variant over ROUNDS rounds of
+ITERS calls on rotated weight copies and routings.
 
 OVERLAP (phi-3.5-moe and mixtral-8x7b, T = 1): the benchmark's copy/compute overlap (bench_kernels.bench_copies: 8
 expert copies through the store on the copy stream against as many INT4 layers as take as long on the compute
 stream) for the register path and ring variants, in alternating rounds: run 21 saw phi's fall to 92.1 % when the
 tuner took 16-chunk stages.
 
-Usage (repository root, after `pip install -e .`; BASE defaults to .k22base/int4_moe.cu):
+Usage (repository root, after `pip install -e .`; the other kernels' files under .k22base/):
     python3 runtime/results/output_warp.py             # $OUT/output_warp.json, prints the tables
-    python3 runtime/results/output_warp.py --table runtime/results/output_warp_run22_h200.json
+    python3 runtime/results/output_warp.py --table runtime/results/output_warp_run22b_h200.json
 """
 
 import json
@@ -39,15 +44,17 @@ import ring_teams  # noqa: E402 - run 20's checks and register calls
 from dequant_views import build, committed_config  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
-BASE = Path(os.environ.get("BASE", ".k22base/int4_moe.cu"))
+SHIPPED = Path(".k22base")
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 TOKENS = (1, 2)
-SHAPES = {"w4b2c16": (4, 2, 16), "w4b3c8": (4, 3, 8), "w4b3c16": (4, 3, 16), "w8b2c16": (8, 2, 16)}
-HELPERS = {"base": 1, "ow": 2, "owed": 2}
-VARIANTS = ("base/w4b2c16", "base/w4b3c8", "base/w4b3c16", "ow/w4b3c8", "ow/w4b3c16", "owed/w4b2c16", "owed/w4b3c8",
-            "owed/w4b3c16", "owed/w8b2c16")
+SHAPES = {"w4b2c16": (4, 2, 16), "w4b2c8": (4, 2, 8), "w4b3c8": (4, 3, 8), "w4b3c16": (4, 3, 16),
+          "w8b2c16": (8, 2, 16)}
+# name: (source file under SHIPPED, or None for this checkout's), -D options, helper warps, sums in dynamic memory
+KERNELS = {"owed": ("owed.cu", (), 2, False), "dyn": (None, (), 2, True)}
+REFERENCE = "owed/w4b2c16"  # the table's percentages are against this variant
+VARIANTS = tuple(f"{k}/{s}" for k in KERNELS for s in SHAPES)
 OVERLAP_MODELS, OVERLAP_VARIANTS, OVERLAP_ROUNDS = ("phi-3.5-moe", "mixtral-8x7b"), (
-    "base/w4b3c8", "base/w4b3c16", "owed/w4b3c8", "owed/w4b3c16"), 3
+    "owed/w4b2c16", "dyn/w4b2c16", "dyn/w4b3c16"), 3
 
 
 def compile_kernels() -> dict:
@@ -56,20 +63,53 @@ def compile_kernels() -> dict:
     from moespeq.runtime.kernel_source import COMMON_HEADER, KERNEL_DIR, kernel_source
     from moespeq.runtime.moe_kernels import _OPTIONS
 
-    base = BASE.read_text().replace(f'#include "{COMMON_HEADER}"', (KERNEL_DIR / COMMON_HEADER).read_text())
-    texts = {"base": (base, ()), "ow": (kernel_source("int4_moe"), ("-DRING_EARLY_DOWN=0",)),
-             "owed": (kernel_source("int4_moe"), ())}
     fns = {}
-    for k, (text, opts) in texts.items():
+    for k, (file, opts, _, _) in KERNELS.items():
+        text = kernel_source("int4_moe") if file is None else (SHIPPED / file).read_text().replace(
+            f'#include "{COMMON_HEADER}"', (KERNEL_DIR / COMMON_HEADER).read_text())
         fn = cupy.RawModule(code=text, options=(*_OPTIONS["int4_moe"], *opts)).get_function("moe_int4_ring_t8")
         fn.max_dynamic_shared_size_bytes = bulk_ring.SMEM_PER_BLOCK - fn.shared_size_bytes
         fns[k] = fn
     return fns
 
 
-def ring_call(lb, fns, tokens: int, v: str, out, **kw):
+def dynamic_bytes(v: str, stages: int, tokens: int, hidden: int) -> int:
     kernel, shape = v.split("/")
-    return bulk_ring.ring_call(lb, fns[kernel], tokens, shape, out, helpers=HELPERS[kernel], **kw)
+    warps, _, chunks = SHAPES[shape]
+    return bulk_ring.ring_bytes(chunks, stages, tokens, hidden) + (2048 * warps if KERNELS[kernel][3] else 0)
+
+
+def fits(fns, v: str, tokens: int, hidden: int) -> int:
+    """The most stages of variant v that fit the shared memory of its blocks (0: fewer than 2)."""
+    kernel, shape = v.split("/")
+    _, blocks, _ = SHAPES[shape]
+    budget = min(bulk_ring.SMEM_PER_BLOCK, bulk_ring.SMEM_PER_SM // blocks - bulk_ring.SMEM_RESERVED) - fns[
+        kernel].shared_size_bytes
+    stages = max(s for s in range(bulk_ring.MAX_STAGES + 1) if s == 0 or dynamic_bytes(v, s, tokens, hidden) <= budget)
+    return stages if stages >= 2 else 0
+
+
+def ring_call(lb, fns, tokens: int, v: str, out, sets=None, xs=None):
+    """One launch of variant v per call i on routing, x and weight copy i (rotated), like lb.int4_call."""
+    import numpy as np
+
+    from moespeq.runtime import moe_kernels as mk
+
+    kernel, shape = v.split("/")
+    warps, blocks, chunks = SHAPES[shape]
+    fn, stages = fns[kernel], fits(fns, v, tokens, lb.geo.hidden)
+    sets, xs, layers, geo, ws = sets or lb.routing(tokens), xs or lb.xs[tokens], lb.int4_layers, lb.geo, lb.workspace
+    grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + KERNELS[kernel][2]),)
+    shared = dynamic_bytes(v, stages, tokens, geo.hidden)
+
+    def call(i: int) -> None:
+        r, e = sets[i % len(sets)], layers[i % len(layers)]
+        fn(grid, block, (xs[i % len(xs)], r.ids, r.w, e.gate.codes, e.gate.scales, e.up.codes, e.up.scales,
+                         e.down.codes, e.down.scales, out, ws.hbuf, ws.partial, ws.counters, np.int32(tokens),
+                         np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn),
+                         np.int32(1), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages), np.int32(chunks)),
+           shared_mem=shared)
+    return call
 
 
 def ring_launch(lb, fns, tokens: int, v: str):
@@ -77,11 +117,6 @@ def ring_launch(lb, fns, tokens: int, v: str):
     def launch(i, y):
         ring_call(lb, fns, tokens, v, y)(i)
     return launch
-
-
-def fits(fns, v: str, tokens: int, hidden: int) -> int:
-    kernel, shape = v.split("/")
-    return bulk_ring.ring_stages(fns[kernel], shape, tokens, hidden)
 
 
 def bad_id_flagged(lb, fns, v: str) -> bool:
@@ -127,7 +162,8 @@ def measure(name: str, fns: dict) -> tuple[list[dict], dict]:
             f"{v} {us:.1f}{'' if checks[v]['passed'] and after[v]['passed'] else ' FAILED'}" for v, us in med.items())
             + "\n")
         sys.stdout.flush()
-    bad = {v: bad_id_flagged(lb, fns, v) for v in VARIANTS if v.startswith("owed/") and fits(fns, v, 2, lb.geo.hidden)}
+    newest = list(KERNELS)[-1]
+    bad = {v: bad_id_flagged(lb, fns, v) for v in VARIANTS if v.startswith(f"{newest}/") and fits(fns, v, 2, lb.geo.hidden)}
     if name in OVERLAP_MODELS:
         rows[0]["overlap"] = overlap(lb, fns)
         sys.stdout.write(f"{name} T=1 overlap: " + " ".join(
@@ -179,20 +215,23 @@ def overlap(lb, fns) -> dict:
 
 
 def table(path: str) -> str:
-    """Markdown: µs per variant (% against base/w4b3c16, run 20-21's tuned ring at 3 blocks of 16 chunks), the fastest
-    new variant against the 3x thresholds of bench_kernels_h200.json (cupy.matmul / 3, run 20); then the overlaps."""
+    """Markdown: µs per variant (% against the file's reference variant), the fastest variant of the newest kernel
+    against the 3x thresholds of bench_kernels_h200.json (cupy.matmul / 3, run 20); then the overlaps."""
     d = json.loads(Path(path).read_text())
     bench = json.loads((Path(__file__).parent / "bench_kernels_h200.json").read_text())
     mm = {(b["model"], b["tokens"]): b["cupy.matmul_us"] for b in bench["rows"]}
     names = list(dict.fromkeys(v for r in d["rows"] for v in r["median_us"]))
+    # run 22a's file has no reference field: its reference was run 20-21's tuned ring, base/w4b3c16 (T = 2: w4b3c8)
+    ref, alt = d.get("reference", "base/w4b3c16"), "base/w4b3c8"
+    newest = d.get("newest", ("ow", "owed"))
     out = ("| model | T | " + " | ".join(names) + " | fastest new | 3x needs <= |\n" + "|---" * (len(names) + 4)
            + "|\n")
     for r in d["rows"]:
         med = r["median_us"]
-        base = med.get("base/w4b3c16") or med.get("base/w4b3c8")
-        cells = [(f"{med[v]:.1f}" + (f" ({100 * (med[v] / base - 1):+.1f} %)" if not v.startswith("base/") else ""))
+        base = med.get(ref) or med.get(alt)
+        cells = [(f"{med[v]:.1f}" + (f" ({100 * (med[v] / base - 1):+.1f} %)" if v not in (ref, alt) else ""))
                  if v in med else "-" for v in names]
-        new = {v: med[v] for v in med if v.split("/")[0] in ("ow", "owed")}
+        new = {v: med[v] for v in med if v.split("/")[0] in newest}
         best = min(new, key=new.get) if new else None
         m = mm.get((r["model"], r["tokens"]))
         out += (f"| {r['model']} | {r['tokens']} | " + " | ".join(cells) + " | "
@@ -217,10 +256,9 @@ def main() -> None:
     import cupy
 
     OUT.mkdir(parents=True, exist_ok=True)
-    bulk_ring.RING.update(SHAPES)
     fns = compile_kernels()
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": bulk_ring.ROUNDS,
-              "iters": bulk_ring.ITERS, "base": str(BASE), "helpers": HELPERS,
+              "iters": bulk_ring.ITERS, "kernels": KERNELS, "reference": REFERENCE, "newest": [list(KERNELS)[-1]],
               "registers": {k: fn.num_regs for k, fn in fns.items()},
               "static_shared_bytes": {k: fn.shared_size_bytes for k, fn in fns.items()}, "rows": [],
               "bad_id_flagged": {}}
