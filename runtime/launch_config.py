@@ -41,6 +41,7 @@ _KEY = re.compile(r"D=\d+,F=\d+,E=\d+,K=\d+")
 
 
 RING_CHUNKS = (8, 16, 32)  # stage sizes of the INT4 kernel's bulk-copy ring (int4_moe.cu, moe_int4_ring_t8)
+RING_MAX_DEPTH = 16  # its stages at most (int4_moe.cu's RING_MAX_STAGES)
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,15 @@ class LaunchConfig:
     """warps per block; blocks per SM of the persistent grid; splits of F in the down projection; warps
     sharing one 16-row tile's reduction (a block covers warps / k_splits row tiles at a time);
     ring_chunks > 0: the INT4 kernel at T <= 8 streams through its bulk-copy ring, stages of that many 64-wide
-    chunks per matrix, `warps` consumer warps and one producer warp per block (k_splits must be 1)."""
+    chunks per matrix, `warps` consumer warps plus a producer and an output warp per block (k_splits must be 1),
+    at most ring_depth stages (0: as many as fit the shared memory; deeper is not always faster, run 22b)."""
 
     warps: int = 4
     blocks_per_sm: int = 2
     down_splits: int = 1
     k_splits: int = 1
     ring_chunks: int = 0
+    ring_depth: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.warps <= MAX_WARPS:
@@ -68,6 +71,8 @@ class LaunchConfig:
         if self.ring_chunks and (self.ring_chunks not in RING_CHUNKS or self.k_splits != 1):
             raise ValueError(f"LaunchConfig.ring_chunks={self.ring_chunks}: use 0 or one of {RING_CHUNKS}, "
                              f"with k_splits=1")
+        if self.ring_depth and (not self.ring_chunks or not 2 <= self.ring_depth <= RING_MAX_DEPTH):
+            raise ValueError(f"LaunchConfig.ring_depth={self.ring_depth}: use 0, or 2..{RING_MAX_DEPTH} with ring_chunks")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -23,7 +23,7 @@ import numpy as np
 
 from moespeq.runtime.int4_pack import Int4Experts
 from moespeq.runtime.kernel_source import kernel_source
-from moespeq.runtime.launch_config import LaunchConfig
+from moespeq.runtime.launch_config import RING_MAX_DEPTH, LaunchConfig
 from moespeq.runtime.layout import ExpertGeometry, SlotArena
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache s
 
 
 RING_FUNCTION = "moe_int4_ring_t8"
-RING_MAX_STAGES, RING_MAX_TOKENS, RING_MAX_SLOTS, RING_MAX_GROUPS = 16, 8, 64, 64  # int4_moe.cu's limits of the ring
+RING_MAX_TOKENS, RING_MAX_SLOTS, RING_MAX_GROUPS = 8, 64, 64  # int4_moe.cu's limits of the ring (stages: RING_MAX_DEPTH)
 RING_HELPER_WARPS = 2  # a ring block's warps besides its consumers: the producer and the output warp
 INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
 _OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
@@ -120,14 +120,15 @@ def _check_routing(x: Any, topk_ids: Any, topk_w: Any, geometry: ExpertGeometry,
 
 def ring_stages(config: LaunchConfig, tokens: int, geo: ExpertGeometry) -> int:
     """Stages of the bulk-copy ring that fit beside x in the shared memory of config.blocks_per_sm blocks (at most
-    RING_MAX_STAGES), or 0 where config is not a ring configuration or fewer than 2 fit (the register path then)."""
+    config.ring_depth, or RING_MAX_DEPTH), or 0 where config is not a ring configuration or fewer than 2 fit (the
+    register path then)."""
     if (not config.ring_chunks or tokens > RING_MAX_TOKENS or tokens * geo.top_k > RING_MAX_SLOTS
             or geo.hidden // 128 > RING_MAX_GROUPS):
         return 0
     dev, static = device_info(), get_kernel("int4_moe", RING_FUNCTION).shared_size_bytes
     budget = min(dev.smem_per_block_optin_bytes, dev.smem_per_sm_bytes // config.blocks_per_sm - 1024) - static
     stages = (budget - ring_fixed_bytes(tokens, geo.hidden, config.warps)) // ring_stage_bytes(config.ring_chunks, tokens)
-    stages = min(RING_MAX_STAGES, stages)
+    stages = min(config.ring_depth or RING_MAX_DEPTH, stages)
     return stages if stages >= 2 else 0
 
 

@@ -26,9 +26,11 @@ _FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
               "moe_bf16": ("expert_bf16", "moe_bf16_t8", "moe_bf16_t16")}
 
 
-# (consumer warps, blocks per SM, chunks per stage) of the ring: run 19's best shapes at T = 1-2, and 3 blocks per SM,
-# which fit since the ring's routing table shrank (run 20: mixtral T = 1)
-RING_CANDIDATES = ((4, 2, 16), (8, 2, 16), (4, 2, 8), (8, 1, 32), (4, 3, 16), (4, 3, 8))
+# (consumer warps, blocks per SM, chunks per stage, most stages or 0: as many as fit) of the ring: run 19's best
+# shapes at T = 1-2, 3 blocks per SM (run 20: mixtral T = 1), and 2 blocks of 16-chunk stages at depth 3 and 2
+# (run 22b: 4 stages, where they fit, made mixtral T = 1 6 % slower than 3 and phi 1 % faster)
+RING_CANDIDATES = ((4, 2, 16, 0), (4, 2, 16, 3), (4, 2, 16, 2), (8, 2, 16, 0), (4, 2, 8, 0), (8, 1, 32, 0),
+                   (4, 3, 16, 0), (4, 3, 8, 0))
 
 
 def candidates(kernel: str, tokens: int, geo: ExpertGeometry, max_splits: int) -> list[LaunchConfig]:
@@ -41,7 +43,7 @@ def candidates(kernel: str, tokens: int, geo: ExpertGeometry, max_splits: int) -
         out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
                 for blocks in sorted({max(1, most - 1), most}) for j in splits]
     if kernel == "moe_int4":
-        ring = (LaunchConfig(w, b, 1, 1, chunks) for w, b, chunks in RING_CANDIDATES)
+        ring = (LaunchConfig(w, b, 1, 1, chunks, depth) for w, b, chunks, depth in RING_CANDIDATES)
         out += [cfg for cfg in ring if ring_stages(cfg, tokens, geo)]
     return out
 

@@ -24,8 +24,9 @@ RING_CONFIGS = [LaunchConfig(warps=4, blocks_per_sm=2, down_splits=1, k_splits=1
                 LaunchConfig(warps=8, blocks_per_sm=1, down_splits=2, k_splits=1, ring_chunks=32),
                 LaunchConfig(warps=8, blocks_per_sm=2, down_splits=4, k_splits=1, ring_chunks=8),
                 LaunchConfig(warps=4, blocks_per_sm=3, down_splits=1, k_splits=1, ring_chunks=8),
+                LaunchConfig(warps=4, blocks_per_sm=2, down_splits=2, k_splits=1, ring_chunks=16, ring_depth=2),
                 LaunchConfig(warps=4, blocks_per_sm=3, down_splits=2, k_splits=1, ring_chunks=16)]
-RING_IDS = ["ring_w4b2c16j1", "ring_w8b1c32j2", "ring_w8b2c8j4", "ring_w4b3c8j1", "ring_w4b3c16j2"]
+RING_IDS = ["ring_w4b2c16j1", "ring_w8b1c32j2", "ring_w8b2c8j4", "ring_w4b3c8j1", "ring_w4b2c16d2j2", "ring_w4b3c16j2"]
 
 
 def _kernels():

@@ -137,6 +137,11 @@ def test_launch_config_nearest_tokens_and_fallback(tmp_path, monkeypatch, caplog
         lc.LaunchConfig(ring_chunks=12)
     with pytest.raises(ValueError, match="ring_chunks=16.*k_splits=1"):
         lc.LaunchConfig(warps=4, k_splits=2, ring_chunks=16)
+    with pytest.raises(ValueError, match="ring_depth=3: use 0, or 2..16 with ring_chunks"):
+        lc.LaunchConfig(ring_depth=3)
+    with pytest.raises(ValueError, match="ring_depth=1"):
+        lc.LaunchConfig(ring_chunks=16, ring_depth=1)
+    assert lc.LaunchConfig(ring_chunks=16, ring_depth=3).to_dict()["ring_depth"] == 3
 
 
 def test_launch_config_keeps_models_of_one_expert_shape_apart(tmp_path, monkeypatch):
@@ -164,5 +169,5 @@ def test_launch_config_ignores_old_shape_keys_with_a_warning(tmp_path, monkeypat
     assert "ignoring moe_int4 launch parameters keyed D=256,F=128" in caplog.text
     lc.write_configs("Test GPU Z", "unit test", {"moe_int4": {lc.shape_key(geo): {1: lc.LaunchConfig(4, 3, 1)}}})
     assert json.loads(path.read_text())["kernels"]["moe_int4"] == {"D=256,F=128,E=8,K=2": {
-        "1": {"warps": 4, "blocks_per_sm": 3, "down_splits": 1, "k_splits": 1, "ring_chunks": 0}}}
+        "1": {"warps": 4, "blocks_per_sm": 3, "down_splits": 1, "k_splits": 1, "ring_chunks": 0, "ring_depth": 0}}}
     assert lc.launch_config("moe_int4", "Test GPU Z", geo, tokens=1) == lc.LaunchConfig(4, 3, 1)

@@ -290,10 +290,6 @@ struct RingPending {
     int k, u;  // stages k.. up to the producer's current one wait for expert u's h; k < 0: none
 };
 
-#ifndef RING_EARLY_DOWN
-#define RING_EARLY_DOWN 1
-#endif
-
 __device__ __forceinline__ void ring_copy_h(const RingRouting& R, RingShared& S, unsigned char* ring, const MoeArgs& p,
                                             const RingGeometry& g, int s, int u) {
     const RingStage& st = S.stage[s];
@@ -354,7 +350,7 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
             Int4Weights::split(KC2, p.J, it.j, lo, hi);
             step = 2 * g.chunks;
             if (pend.k >= 0 && pend.u != it.u) ring_flush(R, S, ring, p, g, pend, k, ready_u);
-            ring_h_ready(p, it.u, ready_u, !RING_EARLY_DOWN);  // not ready: the item's stages are pending
+            ring_h_ready(p, it.u, ready_u, false);  // not ready: the item's stages are pending
             if (pend.k >= 0 && it.u <= ready_u) ring_flush(R, S, ring, p, g, pend, k, ready_u);
         }
         for (int c0 = lo;; c0 += step) {
