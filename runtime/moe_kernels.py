@@ -3,6 +3,7 @@
   launch_moe_int4  fused INT4 draft layer: gate/up dequantized in registers, SiLU, down, weighted sum (T <= 8 with
                    config.ring_chunks: through the bulk-copy ring in shared memory)
   launch_moe_bf16  bf16 verify layer: experts from the cache arena through the device slot table
+  launch_stream_read  a plain read of launch_moe_int4's bytes (the experts in use, packed): its bandwidth ceiling
 
 Routing ids and weights stay on the device: nothing here reads them on the host. Import only with CuPy;
 runtime/ops.py is the entry point that falls back to the NumPy references.
@@ -24,7 +25,7 @@ import numpy as np
 from moespeq.runtime.int4_pack import Int4Experts
 from moespeq.runtime.kernel_source import kernel_source
 from moespeq.runtime.launch_config import RING_MAX_DEPTH, LaunchConfig
-from moespeq.runtime.layout import ExpertGeometry, SlotArena
+from moespeq.runtime.layout import MAX_SLOTS, ExpertGeometry, SlotArena
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ RING_MAX_TOKENS, RING_MAX_SLOTS, RING_MAX_GROUPS = 8, 64, 64  # int4_moe.cu's li
 RING_HELPER_WARPS = 2  # a ring block's warps besides its consumers: the producer and the output warp
 INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
 _OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
-            "expert_bf16": ("--std=c++17",)}
+            "expert_bf16": ("--std=c++17",), "stream_read": ("--std=c++17",)}
+STREAM_WARPS = 8  # STREAM_THREADS / 32 of stream_read.cu (its launch bounds)
 
 
 @functools.cache
@@ -214,3 +216,27 @@ def launch_moe_bf16(x: Any, topk_ids: Any, topk_w: Any, cache: SlotArena, layer:
             np.int32(config.k_splits), np.int32(geo.max_used_experts))
     kernel(grid, block, args, shared_mem=shared_mem)
     return out
+
+
+def launch_stream_read(experts: Int4Experts, used: Any, sink: Any) -> Any:
+    """Read the packed codes and scales of the experts in use once, on the current stream (nothing is computed).
+
+    experts: packed gate/up [E, F, D] and down [E, D, F] on the device; used [U] int32: distinct expert ids in
+    [0, E), U <= 128; sink [1] uint32: XORed with the XOR of every 32-bit word read.
+    """
+    mats = (experts.gate, experts.up, experts.down)
+    code_units = experts.gate.codes.nbytes // (16 * experts.experts)  # the same for all three: F x D codes each
+    scale_units = experts.gate.scales.nbytes // (16 * experts.experts)
+    for a, units in [(m.codes, code_units) for m in mats] + [(m.scales, scale_units) for m in mats]:
+        assert a.dtype == cupy.uint32 and a.flags.c_contiguous and a.nbytes == 16 * units * experts.experts, a.shape
+    assert used.dtype == cupy.int32 and used.ndim == 1 and used.flags.c_contiguous, (used.dtype, used.shape)
+    assert 1 <= used.size <= MAX_SLOTS and 3 * used.size * (code_units + scale_units) < 2**31, used.size  # 32-bit units
+    assert sink.dtype == cupy.uint32 and sink.shape == (1,), (sink.dtype, sink.shape)
+    kernel = get_kernel("stream_read", "stream_read")
+    grid = (device_info().sm_count * occupancy(kernel, STREAM_WARPS),)  # every block that fits: the grid is no limit
+    block = (32 * STREAM_WARPS,)
+    shared_mem = 0  # static: the segment table
+    args = (*(a for m in mats for a in (m.codes, m.scales)), np.int32(code_units), np.int32(scale_units), used,
+            np.int32(used.size), sink)
+    kernel(grid, block, args, shared_mem=shared_mem)
+    return sink

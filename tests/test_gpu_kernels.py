@@ -248,3 +248,39 @@ def test_bf16_missing_expert_is_flagged(bf16_caches):
     y = cupy.zeros((3, geo.hidden), dtype=cupy.uint16)
     _kernels().launch_moe_bf16(to_bf16(cupy.ones((3, geo.hidden), dtype=cupy.float32)), ids, w, cache, 0, ws, y, CONFIGS[0])
     assert ws.errors() == ["an expert without a cache slot"]
+
+
+# ---- plain read of the experts in use -----------------------------------------------------------------------------
+
+def xor_fold(experts, used):
+    """The XOR of every 32-bit word of the experts' six packed arrays at `used` [U] (on the host)."""
+    rows = cupy.asarray(used)
+    return int(np.bitwise_xor.reduce(np.concatenate([a[rows].get().ravel() for m in (experts.gate, experts.up, experts.down)
+                                                      for a in (m.codes, m.scales)])))
+
+
+@pytest.mark.parametrize("n_used", [1, 5, None], ids=["one", "five", "all"])
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_stream_read_reads_every_word_of_the_experts_in_use_once(name, n_used, int4_layers):
+    """The kernel's fold equals the host's over exactly those experts: a word read twice would cancel, one skipped
+    or read from another expert would change it (random words: a miss goes unseen with odds 2^-32)."""
+    geo, experts = int4_layers(name)
+    used = np.random.default_rng(60).permutation(geo.experts)[: n_used or geo.experts].astype(np.int32)  # any order
+    sink = cupy.zeros(1, dtype=cupy.uint32)
+    _kernels().launch_stream_read(experts, cupy.asarray(used), sink)
+    want = xor_fold(experts, used)
+    assert int(sink.get()[0]) == want
+    assert want != xor_fold(experts, used[:-1] if used.size > 1 else (used + 1) % geo.experts)  # the check can fail
+
+
+def test_stream_read_of_a_layer_smaller_than_its_grid():
+    """A few hundred units for some 10^5 threads: only the tail loop runs, most threads read nothing."""
+    from moespeq.runtime.kernel_bench import random_int4_experts
+
+    cupy.random.seed(61)
+    experts = random_int4_experts(ExpertGeometry(hidden=128, moe_ffn=128, experts=3, top_k=1))
+    sink = cupy.zeros(1, dtype=cupy.uint32)
+    for used in ([2], [0, 2], [1, 0, 2]):
+        sink[...] = 0
+        _kernels().launch_stream_read(experts, cupy.asarray(used, dtype=cupy.int32), sink)
+        assert int(sink.get()[0]) == xor_fold(experts, np.array(used, np.int32)), used
