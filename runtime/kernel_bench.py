@@ -7,6 +7,7 @@ calls do not find their weights in L2 (the copies together hold at least 4x the 
 Usage:
     lb = LayerBench.build(get_model("phi-3.5-moe"), tokens=(1, 4, 8))
     t_s = median_time_s(lb.int4_call(4, config))
+    ceiling_s = median_time_s(lb.stream_call(4))   # a plain read of the same bytes
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from moespeq.runtime.bf16 import to_bf16
 from moespeq.runtime.int4_pack import Int4Experts, PackedMatrix
 from moespeq.runtime.launch_config import LaunchConfig
 from moespeq.runtime.layout import ExpertGeometry, SlotArena
-from moespeq.runtime.moe_kernels import MoeWorkspace, device_info, launch_moe_bf16, launch_moe_int4
+from moespeq.runtime.moe_kernels import (
+    MoeWorkspace,
+    device_info,
+    launch_moe_bf16,
+    launch_moe_int4,
+    launch_stream_read,
+)
 from moespeq.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,7 @@ class Routing:
     ids: Any  # [T, K] int32 on the device
     w: Any  # [T, K] float32 on the device
     groups: list[tuple[int, Any]]  # (expert, token indices on the device), for the per-expert matmul baseline
+    used: Any  # [U] int32 on the device: the distinct experts, ascending
 
 
 @dataclass
@@ -113,8 +121,9 @@ class LayerBench:
             sets = []
             for _ in range(ROUTINGS):
                 ids, w = routing_with_distinct(tokens, self.geo, distinct, rng)
-                groups = [(int(e), cupy.asarray(np.nonzero((ids == e).any(axis=1))[0])) for e in np.unique(ids)]
-                sets.append(Routing(cupy.asarray(ids), cupy.asarray(w), groups))
+                used = np.unique(ids)
+                groups = [(int(e), cupy.asarray(np.nonzero((ids == e).any(axis=1))[0])) for e in used]
+                sets.append(Routing(cupy.asarray(ids), cupy.asarray(w), groups, cupy.asarray(used)))
             self.routings[key] = sets
         if tokens not in self.xs:
             self.xs[tokens] = [random_bf16((tokens, self.geo.hidden)) for _ in range(ROUTINGS)]
@@ -132,6 +141,14 @@ class LayerBench:
             r = sets[i % ROUTINGS]
             return launch_moe_int4(xs[i % ROUTINGS], r.ids, r.w, self.int4_layers[i % len(self.int4_layers)],
                                    self.workspace, out, config)
+        return call
+
+    def stream_call(self, tokens: int, distinct: int | None = None) -> Callable[[int], Any]:
+        """A plain read of the bytes int4_call(tokens) reads: routing i's experts in use in weight copy i."""
+        sets, sink = self.routing(tokens, distinct), cupy.zeros(1, dtype=cupy.uint32)
+
+        def call(i: int) -> Any:
+            return launch_stream_read(self.int4_layers[i % len(self.int4_layers)], sets[i % ROUTINGS].used, sink)
         return call
 
     def bf16_call(self, tokens: int, config: LaunchConfig, distinct: int | None = None) -> Callable[[int], Any]:
