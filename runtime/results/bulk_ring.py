@@ -184,7 +184,7 @@ def bad_id_flagged(lb, fn, v: str) -> bool:
     ids = r.ids.copy()
     ids[1, 0] = lb.geo.experts + 3
     y = cupy.zeros((2, lb.geo.hidden), dtype=cupy.uint16)
-    ring_call(lb, fn, 2, v, y, sets=[Routing(ids, r.w, [])], xs=[lb.xs[2][0]])(0)
+    ring_call(lb, fn, 2, v, y, sets=[Routing(ids, r.w, [], r.used)], xs=[lb.xs[2][0]])(0)
     finished_or_exit(f"{lb.spec.name} bad id {v}")
     flags = int(lb.workspace.counters[3].get())  # SYNC: correctness check
     lb.workspace.counters[3] = 0

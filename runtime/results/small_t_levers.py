@@ -80,7 +80,7 @@ def launch_once(fn, lb, tokens, cfg, shared, x, ids, w, layer):
     from moespeq.runtime.kernel_bench import Routing
 
     ws = lb.workspace
-    one = SimpleNamespace(routing=lambda _t: [Routing(ids, w, [])], xs={tokens: [x]}, int4_layers=[layer],
+    one = SimpleNamespace(routing=lambda _t: [Routing(ids, w, [], None)], xs={tokens: [x]}, int4_layers=[layer],
                           geo=lb.geo, workspace=ws)  # the part of LayerBench that call_of reads, with these inputs
     out = cupy.full((tokens, lb.geo.hidden), 0xFFFF, dtype=cupy.uint16)
     call_of(one, fn, tokens, cfg, out, shared)(0)
