@@ -2,9 +2,9 @@
 side by side in one call each, the four benchmark models at T = 1 and 2 (where the ring serves).
 
 Variants are KERNEL/SHAPE, SHAPE as bulk_ring.RING ("wNbMcK": N consumer warps, M blocks per SM, stages of K 64-wide
-chunks; as many stages as fit, at most 16, at least 2, else the variant is left out), KERNEL one of KERNELS: a ring
-source (a file the call ships beside the checkout, or this checkout's), -D options, the warps per block besides the
-consumers, and whether the item sums live in dynamic shared memory (sized by the consumers) or in static:
+chunks; "dD": at most D stages; as many as fit, at most 16, at least 2, else the variant is left out), KERNEL one of
+KERNELS: a ring source (a file the call ships beside the checkout, or this checkout's), -D options, the warps per
+block besides the consumers, and the item sums' bytes per consumer warp in dynamic shared memory (0: static):
   base   the ring of runs 20-21 (commit f0cc656's int4_moe.cu): each item's output (the sum over the consumer warps,
          h and its count, or the phase-2 partial and reduction) done by one consumer warp in turn, after a barrier
          of all consumers; one helper warp (the producer)
@@ -12,10 +12,15 @@ consumers, and whether the item sums live in dynamic shared memory (sized by the
          memory and does its output, so the consumers neither meet at a barrier nor wait on the fences
   owed   commit 6482b3a's ring: ow, and the producer copies a phase-2 item's down weights before its expert's phase 1
          is complete (h follows once it is), so the last expert's down projection streams under phase 1's tail
-  dyn    this checkout's ring: owed with the item sums in dynamic shared memory, 2 KB per consumer warp instead of
+  dyn    commit 8ebe68e's ring: owed with the item sums in dynamic shared memory, 2 KB per consumer warp instead of
          16 KB static for 8, so that 4 consumers get 8 KB more for stages
+  red4   this checkout's ring: dyn with 4 items' sums waiting for the output warp instead of 2 (4 KB per consumer)
+  diag1, diag2  timing only (wrong results): red4 with RING_DIAG=1 (the consumers skip the groups: the stream, the
+         syncs and the outputs alone) and RING_DIAG=2 (each slot filled on its first use only: no weight traffic
+         after, the consumers alone on stale bytes), as run 19c's switches
 Run 22a (output_warp_run22a_h200.json) compared base, ow and owed (this script at commit 6482b3a, BASE the f0cc656
-file); run 22b (output_warp_run22b_h200.json) owed against dyn. "register" is the register path at run 20's fastest
+file); run 22b (output_warp_run22b_h200.json) owed against dyn (at 8ebe68e); run 22d (output_warp_run22d_h200.json)
+dyn, red4 and the diagnostics. "register" is the register path at run 20's fastest
 register candidate (tune_timings_h200.json), "tuned" launch_moe_int4 at runtime/configs/NVIDIA_H200.json (run 20's
 choices; this checkout's ring where they name one). Every variant is first checked on three routings against the
 reference (rel err <= 1e-2, every output written, counters re-armed, a rerun bit-identical), again after the timing
@@ -47,14 +52,16 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 SHIPPED = Path(".k22base")
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 TOKENS = (1, 2)
-SHAPES = {"w4b2c16": (4, 2, 16), "w4b2c8": (4, 2, 8), "w4b3c8": (4, 3, 8), "w4b3c16": (4, 3, 16),
-          "w8b2c16": (8, 2, 16)}
-# name: (source file under SHIPPED, or None for this checkout's), -D options, helper warps, sums in dynamic memory
-KERNELS = {"owed": ("owed.cu", (), 2, False), "dyn": (None, (), 2, True)}
-REFERENCE = "owed/w4b2c16"  # the table's percentages are against this variant
-VARIANTS = tuple(f"{k}/{s}" for k in KERNELS for s in SHAPES)
+# (consumer warps, blocks per SM, chunks per stage, most stages or 0)
+SHAPES = {"w4b2c16": (4, 2, 16, 0), "w4b2c16d3": (4, 2, 16, 3), "w4b3c16": (4, 3, 16, 0), "w4b3c8": (4, 3, 8, 0)}
+# name: (source file under SHIPPED, or None for this checkout's), -D options, helper warps, sum bytes per consumer
+KERNELS = {"dyn": ("dyn.cu", (), 2, 2048), "diag1": (None, ("-DRING_DIAG=1",), 2, 4096),
+           "diag2": (None, ("-DRING_DIAG=2",), 2, 4096), "red4": (None, (), 2, 4096)}
+TIMING_ONLY = ("diag1", "diag2")
+REFERENCE = "dyn/w4b2c16"  # the table's percentages are against this variant
+VARIANTS = tuple(f"{k}/{s}" for k in KERNELS for s in SHAPES if k not in TIMING_ONLY or s in ("w4b2c16", "w4b2c16d3"))
 OVERLAP_MODELS, OVERLAP_VARIANTS, OVERLAP_ROUNDS = ("phi-3.5-moe", "mixtral-8x7b"), (
-    "owed/w4b2c16", "dyn/w4b2c16", "dyn/w4b3c16"), 3
+    "dyn/w4b2c16d3", "red4/w4b2c16d3"), 3
 
 
 def compile_kernels() -> dict:
@@ -75,17 +82,18 @@ def compile_kernels() -> dict:
 
 def dynamic_bytes(v: str, stages: int, tokens: int, hidden: int) -> int:
     kernel, shape = v.split("/")
-    warps, _, chunks = SHAPES[shape]
-    return bulk_ring.ring_bytes(chunks, stages, tokens, hidden) + (2048 * warps if KERNELS[kernel][3] else 0)
+    warps, _, chunks, _ = SHAPES[shape]
+    return bulk_ring.ring_bytes(chunks, stages, tokens, hidden) + KERNELS[kernel][3] * warps
 
 
 def fits(fns, v: str, tokens: int, hidden: int) -> int:
     """The most stages of variant v that fit the shared memory of its blocks (0: fewer than 2)."""
     kernel, shape = v.split("/")
-    _, blocks, _ = SHAPES[shape]
+    _, blocks, _, depth = SHAPES[shape]
     budget = min(bulk_ring.SMEM_PER_BLOCK, bulk_ring.SMEM_PER_SM // blocks - bulk_ring.SMEM_RESERVED) - fns[
         kernel].shared_size_bytes
-    stages = max(s for s in range(bulk_ring.MAX_STAGES + 1) if s == 0 or dynamic_bytes(v, s, tokens, hidden) <= budget)
+    stages = max(s for s in range((depth or bulk_ring.MAX_STAGES) + 1)
+                 if s == 0 or dynamic_bytes(v, s, tokens, hidden) <= budget)
     return stages if stages >= 2 else 0
 
 
@@ -96,7 +104,7 @@ def ring_call(lb, fns, tokens: int, v: str, out, sets=None, xs=None):
     from moespeq.runtime import moe_kernels as mk
 
     kernel, shape = v.split("/")
-    warps, blocks, chunks = SHAPES[shape]
+    warps, blocks, chunks, _ = SHAPES[shape]
     fn, stages = fns[kernel], fits(fns, v, tokens, lb.geo.hidden)
     sets, xs, layers, geo, ws = sets or lb.routing(tokens), xs or lb.xs[tokens], lb.int4_layers, lb.geo, lb.workspace
     grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + KERNELS[kernel][2]),)
@@ -224,6 +232,7 @@ def table(path: str) -> str:
     # run 22a's file has no reference field: its reference was run 20-21's tuned ring, base/w4b3c16 (T = 2: w4b3c8)
     ref, alt = d.get("reference", "base/w4b3c16"), "base/w4b3c8"
     newest = d.get("newest", ("ow", "owed"))
+    timing_only = d.get("timing_only", ())
     out = ("| model | T | " + " | ".join(names) + " | fastest new | 3x needs <= |\n" + "|---" * (len(names) + 4)
            + "|\n")
     for r in d["rows"]:
@@ -231,7 +240,7 @@ def table(path: str) -> str:
         base = med.get(ref) or med.get(alt)
         cells = [(f"{med[v]:.1f}" + (f" ({100 * (med[v] / base - 1):+.1f} %)" if v not in (ref, alt) else ""))
                  if v in med else "-" for v in names]
-        new = {v: med[v] for v in med if v.split("/")[0] in newest}
+        new = {v: med[v] for v in med if v.split("/")[0] in newest and v.split("/")[0] not in timing_only}
         best = min(new, key=new.get) if new else None
         m = mm.get((r["model"], r["tokens"]))
         out += (f"| {r['model']} | {r['tokens']} | " + " | ".join(cells) + " | "
@@ -259,11 +268,13 @@ def main() -> None:
     fns = compile_kernels()
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": bulk_ring.ROUNDS,
               "iters": bulk_ring.ITERS, "kernels": KERNELS, "reference": REFERENCE, "newest": [list(KERNELS)[-1]],
+              "timing_only": TIMING_ONLY,
               "registers": {k: fn.num_regs for k, fn in fns.items()},
               "static_shared_bytes": {k: fn.shared_size_bytes for k, fn in fns.items()}, "rows": [],
               "bad_id_flagged": {}}
     sys.stdout.write(json.dumps({k: result[k] for k in ("registers", "static_shared_bytes")}) + "\n")
-    bulk_ring.measure_models(result, MODELS, lambda name: measure(name, fns), OUT / "output_warp.json", table)
+    bulk_ring.measure_models(result, MODELS, lambda name: measure(name, fns), OUT / "output_warp.json", table,
+                             counted=lambda v: v.split("/")[0] not in TIMING_ONLY)
 
 
 if __name__ == "__main__":
