@@ -36,7 +36,6 @@ ERROR_FLAGS = {1: "an expert id outside [0, E)", 2: "an expert without a cache s
 RING_FUNCTION = "moe_int4_ring_t8"
 RING_MAX_TOKENS, RING_MAX_SLOTS, RING_MAX_GROUPS = 8, 64, 64  # int4_moe.cu's limits of the ring (stages: RING_MAX_DEPTH)
 RING_HELPER_WARPS = 2  # a ring block's warps besides its consumers: the producer and the output warp
-RING_RED_SLOTS = 4  # items whose sums wait for the ring's output warp (int4_moe.cu)
 INT4_DEPTH = (2, 2)  # register stages per warp in int4_moe.cu, phase 1 and 2 (-D MOE_INT4_DEPTH1/2)
 _OPTIONS = {"int4_moe": ("--std=c++17", f"-DMOE_INT4_DEPTH1={INT4_DEPTH[0]}", f"-DMOE_INT4_DEPTH2={INT4_DEPTH[1]}"),
             "expert_bf16": ("--std=c++17",), "stream_read": ("--std=c++17",)}
@@ -142,8 +141,8 @@ def ring_stage_bytes(chunks: int, tokens: int) -> int:
 
 def ring_fixed_bytes(tokens: int, hidden: int, consumers: int) -> int:
     """RingGeometry's dynamic shared memory besides the stages: x rows (64 B longer than the row), then an item's
-    sums of RING_RED_SLOTS items, 1 KiB per consumer warp each."""
-    return tokens * (2 * hidden + 64) + RING_RED_SLOTS * consumers * 1024
+    sums by parity, 1 KiB per consumer warp."""
+    return tokens * (2 * hidden + 64) + 2 * consumers * 1024
 
 
 def _launch_geometry(kernel: cupy.RawKernel, config: LaunchConfig, workspace: MoeWorkspace) -> tuple[tuple, tuple, int]:

@@ -197,12 +197,6 @@ struct Int4Weights {
 
 #define RING_MAX_STAGES 16
 #define RING_HELPER_WARPS 2  // besides the consumers: the producer and the output warp
-#ifndef RING_RED_SLOTS
-#define RING_RED_SLOTS 4     // items whose sums wait for the output warp (item i in slot i % RING_RED_SLOTS)
-#endif
-#ifndef RING_DIAG
-#define RING_DIAG 0          // timing only (run 22d): 1 consumers skip the groups; 2 each slot filled on first use only
-#endif
 #define RING_MAX_GROUPS 64  // D / 128
 #define RING_MAX_TOKENS 8
 #define RING_MAX_SLOTS 64  // T * K: a routing table 9 KB smaller than the register path's, so that 3 blocks with
@@ -218,9 +212,9 @@ struct __align__(16) RingStage { int ticket, phase, u, r0, j, c0, c1, flags; };
 struct __align__(16) RingShared {
     float xsum[RING_MAX_TOKENS][RING_MAX_GROUPS];  // sum of x[t] over each 128-wide group (phase 1's bias)
     unsigned long long full[RING_MAX_STAGES], empty[RING_MAX_STAGES], x_full;
-    unsigned long long red_full[RING_RED_SLOTS], red_empty[RING_RED_SLOTS];  // red(slot): consumers write, output reads
+    unsigned long long red_full[2], red_empty[2];  // red(parity) written by every consumer / read by the output warp
     RingStage stage[RING_MAX_STAGES];
-    RingStage out[RING_RED_SLOTS];  // the item whose sums red(slot) holds
+    RingStage out[2];                              // the item whose sums red(parity) holds
     int ticket;
 };
 
@@ -279,10 +273,10 @@ struct RingGeometry {
           x_stride(2 * D + 64), red_at(s * stage_bytes + T * x_stride) {}
     __device__ int scales_at() const { return 1024 * chunks; }
     __device__ int h_at() const { return 1056 * chunks; }
-    // consumer warp q's sums of the items of slot r: red(ring, r)[q] (the output warp builds a phase-2 item's
-    // token-space tile in red(ring, r)[0], read as float4)
-    __device__ RingRed* red(unsigned char* ring, int r) const {
-        return reinterpret_cast<RingRed*>(ring + red_at) + r * consumers;
+    // consumer warp q's sums of items of parity par: red(ring, par)[q] (the output warp builds a phase-2 item's
+    // token-space tile in red(ring, par)[0], read as float4)
+    __device__ RingRed* red(unsigned char* ring, int par) const {
+        return reinterpret_cast<RingRed*>(ring + red_at) + par * consumers;
     }
 };
 
@@ -326,9 +320,7 @@ __device__ __forceinline__ void ring_flush(const RingRouting& R, RingShared& S, 
                                            const RingGeometry& g, RingPending& pend, int k, int& ready_u) {
     if (pend.k < 0) return;
     ring_h_ready(p, pend.u, ready_u, true);
-    for (int q = pend.k; q < k; ++q) {
-        if (RING_DIAG != 2 || q < g.stages) ring_copy_h(R, S, ring, p, g, q % g.stages, pend.u);
-    }
+    for (int q = pend.k; q < k; ++q) ring_copy_h(R, S, ring, p, g, q % g.stages, pend.u);
     pend.k = -1;
 }
 
@@ -369,9 +361,7 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
             }
             unsigned char* st = ring + (size_t)s * g.stage_bytes;
             S.stage[s] = {ticket, it.phase, it.u, it.r0, it.j, c0, c1, (c0 == lo ? RING_FIRST : 0) | (c1 == hi ? RING_LAST : 0)};
-            if (RING_DIAG == 2 && k >= g.stages) {
-                mbar_arrive(&S.full[s]);
-            } else if (it.phase == 1) {
+            if (it.phase == 1) {
                 const size_t tile = e * FT + it.r0;
                 mbar_arrive_tx(&S.full[s], n * 1056);
                 bulk_copy(st, w.gate_q + (tile * KC1 + c0) * 32, n * 512, &S.full[s]);
@@ -403,8 +393,8 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
 // or for the item's output. The RING_END stage is handed over the same way, with no sums.
 __device__ __forceinline__ void ring_hand_over(RingShared& S, RingRed* red, const RingStage& st, const float* acc,
                                                const float* acc2, int item) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, par = item % RING_RED_SLOTS;
-    if (item >= RING_RED_SLOTS) mbar_wait(&S.red_empty[par], (item / RING_RED_SLOTS - 1) & 1);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, par = item & 1;
+    if (item >= 2) mbar_wait(&S.red_empty[par], ((item >> 1) - 1) & 1);
     if (st.ticket != RING_END) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) red[warp][i][lane] = acc[i] + acc2[i];
@@ -439,7 +429,7 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         mbar_wait(&S.full[s], parity);
         const RingStage st = S.stage[s];
         if (st.ticket == RING_END) {
-            ring_hand_over(S, g.red(ring, items % RING_RED_SLOTS), st, acc, acc2, items);
+            ring_hand_over(S, g.red(ring, items & 1), st, acc, acc2, items);
             return;
         }
         const Item it{st.phase, st.u, st.r0, st.j};
@@ -451,7 +441,7 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         const unsigned char* base = ring + (size_t)s * g.stage_bytes;
         const uint4* codes = reinterpret_cast<const uint4*>(base) + lane;
         const unsigned* scales = reinterpret_cast<const unsigned*>(base + g.scales_at()) + (lane >> 2);
-        const int groups = RING_DIAG == 1 ? 0 : (st.c1 - st.c0) / 2;
+        const int groups = (st.c1 - st.c0) / 2;
         if (it.phase == 1) {
             const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
             const float* xs0 = S.xsum[R.token[it.u][min(2 * c, cnt - 1)]];
@@ -503,7 +493,7 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage
         if (st.flags & RING_LAST) {
-            ring_hand_over(S, g.red(ring, items % RING_RED_SLOTS), st, acc, acc2, items);
+            ring_hand_over(S, g.red(ring, items & 1), st, acc, acc2, items);
             ++items;
         }
     }
@@ -517,8 +507,8 @@ __device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S,
     const int lane = threadIdx.x & 31, gl = lane >> 2, c = lane & 3;
     int* p1_done = p.counters + CTR_ROWS + p.D / 16;
     for (int item = 0;; ++item) {
-        const int par = item % RING_RED_SLOTS;
-        mbar_wait(&S.red_full[par], (item / RING_RED_SLOTS) & 1);
+        const int par = item & 1;
+        mbar_wait(&S.red_full[par], (item >> 1) & 1);
         const RingStage st = S.out[par];
         if (st.ticket == RING_END) return;
         RingRed* red = g.red(ring, par);
@@ -588,7 +578,7 @@ __device__ __forceinline__ void moe_int4_ring(const MoeArgs& p, const Int4Weight
             mbar_init(&S.empty[s], consumers);  // one arrive per consumer warp
         }
         mbar_init(&S.x_full, 1);
-        for (int q = 0; q < RING_RED_SLOTS; ++q) {
+        for (int q = 0; q < 2; ++q) {
             mbar_init(&S.red_full[q], 32 * consumers);  // every consumer lane
             mbar_init(&S.red_empty[q], 1);              // the output warp
         }

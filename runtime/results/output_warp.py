@@ -14,13 +14,14 @@ block besides the consumers, and the item sums' bytes per consumer warp in dynam
          is complete (h follows once it is), so the last expert's down projection streams under phase 1's tail
   dyn    commit 8ebe68e's ring: owed with the item sums in dynamic shared memory, 2 KB per consumer warp instead of
          16 KB static for 8, so that 4 consumers get 8 KB more for stages
-  red4   this checkout's ring: dyn with 4 items' sums waiting for the output warp instead of 2 (4 KB per consumer)
+  red4   commit 6adb465's ring: dyn with 4 items' sums waiting for the output warp instead of 2 (4 KB per consumer)
   diag1, diag2  timing only (wrong results): red4 with RING_DIAG=1 (the consumers skip the groups: the stream, the
          syncs and the outputs alone) and RING_DIAG=2 (each slot filled on its first use only: no weight traffic
          after, the consumers alone on stale bytes), as run 19c's switches
 Run 22a (output_warp_run22a_h200.json) compared base, ow and owed (this script at commit 6482b3a, BASE the f0cc656
 file); run 22b (output_warp_run22b_h200.json) owed against dyn (at 8ebe68e); run 22d (output_warp_run22d_h200.json)
-dyn, red4 and the diagnostics. "register" is the register path at run 20's fastest
+dyn, red4 and the diagnostics, this script as it is, at commit 6adb465, the only one whose ring has RING_RED_SLOTS
+and RING_DIAG (red4 lost, and the next commit took both out): to run it again, `git checkout 6adb465`. "register" is the register path at run 20's fastest
 register candidate (tune_timings_h200.json), "tuned" launch_moe_int4 at runtime/configs/NVIDIA_H200.json (run 20's
 choices; this checkout's ring where they name one). Every variant is first checked on three routings against the
 reference (rel err <= 1e-2, every output written, counters re-armed, a rerun bit-identical), again after the timing
