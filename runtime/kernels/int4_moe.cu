@@ -519,8 +519,8 @@ __device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S,
             for (int q = 1; q < g.consumers; ++q) v += red[q][i][lane];
             acc[i] = v;
         }
-        const int cnt = R.count[st.u];
         if (st.phase == 1) {
+            const int cnt = R.count[st.u];
             __syncwarp();
             if (lane == 0) mbar_arrive(&S.red_empty[par]);
 #pragma unroll
@@ -537,31 +537,11 @@ __device__ __forceinline__ void ring_output(const RingRouting& R, RingShared& S,
             continue;
         }
         // red[0] is read: the item's token-space tile goes there until the partial is stored
-        float* tile = &red[0][0][0];
-        float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;
         __syncwarp();
-        tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int tok = 2 * c + (i & 1);
-            if (tok < cnt) tile[(gl + 8 * (i >> 1)) * 16 + R.token[st.u][tok]] = R.weight[st.u][tok] * acc[i];
-        }
-        __syncwarp();
-        const int r = st.r0;
-        float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + st.u) * p.J + st.j) * MOE_TILE) + 2 * lane;
-        dst[0] = tile4[0];
-        dst[1] = tile4[1];
+        store_partial<1>(&red[0][0][0], R, p, acc, st.u, st.r0, st.j);
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.red_empty[par]);
-        __threadfence();
-        __syncwarp();
-        int last = 0;
-        if (lane == 0) last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
-        if (__shfl_sync(0xffffffffu, last, 0)) {
-            __threadfence();
-            reduce_row_tile(p, r, R.n_used);
-        }
+        count_partial(p, st.r0, R.n_used);
         __syncwarp();
     }
 }

@@ -359,6 +359,41 @@ __device__ void reduce_row_tile(const MoeArgs& p, int r, int n_used) {
     if (lane == 0) p.counters[CTR_ROWS + r] = 0;
 }
 
+// The weighted down fragments of row tile r (this warp's acc, NT token tiles) as a dense [16 rows x 16 tokens]
+// tile in `tile` (1 KB of shared memory the warp owns), stored as the (u, j) partial of r.
+template <int NT, class RoutingT>
+__device__ __forceinline__ void store_partial(float* tile, const RoutingT& R, const MoeArgs& p, const float* acc, int u,
+                                              int r, int j) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, cnt = R.count[u];
+    float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;  // this lane's 8 values of the 256
+    tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int n = 8 * nt + 2 * c + (i & 1);
+            if (n < cnt) tile[(g + 8 * (i >> 1)) * 16 + R.token[u][n]] = R.weight[u][n] * acc[nt * 4 + i];
+        }
+    }
+    __syncwarp();
+    float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE) + 2 * lane;
+    dst[0] = tile4[0];
+    dst[1] = tile4[1];
+}
+
+// Count a stored partial on its row tile; the warp that stores the last of the n_used * J sums them into y.
+__device__ __forceinline__ void count_partial(const MoeArgs& p, int r, int n_used) {
+    __threadfence();  // the partial visible device-wide before the count says so
+    __syncwarp();
+    int last = 0;
+    if ((threadIdx.x & 31) == 0) last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == n_used * p.J - 1;
+    if (__shfl_sync(0xffffffffu, last, 0)) {
+        __threadfence();
+        reduce_row_tile(p, r, n_used);
+    }
+}
+
 template <int NT, class Weights>
 __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0, int j) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
@@ -381,30 +416,8 @@ __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, cons
     ksplit_sum(S, acc, NT * 4, p.KS);
     if (ks != 0 || !active) return;
     // the row tile's first warp: its weighted fragments into a dense token-space tile, then the partial
-    float* tile = S.tile[warp];
-    float4* tile4 = reinterpret_cast<float4*>(tile) + 2 * lane;  // this lane's 8 values of the 256
-    tile4[0] = tile4[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    __syncwarp();
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int n = 8 * nt + 2 * c + (i & 1);
-            if (n < cnt) tile[(g + 8 * (i >> 1)) * 16 + R.token[u][n]] = R.weight[u][n] * acc[nt * 4 + i];
-        }
-    }
-    __syncwarp();
-    float4* dst = reinterpret_cast<float4*>(p.partial + (((size_t)r * p.u_cap + u) * p.J + j) * MOE_TILE) + 2 * lane;
-    dst[0] = tile4[0];
-    dst[1] = tile4[1];
-    __threadfence();
-    __syncwarp();
-    int last = 0;
-    if (lane == 0) last = atomicAdd(&p.counters[CTR_ROWS + r], 1) == R.n_used * p.J - 1;
-    if (__shfl_sync(0xffffffffu, last, 0)) {
-        __threadfence();
-        reduce_row_tile(p, r, R.n_used);
-    }
+    store_partial<NT>(S.tile[warp], R, p, acc, u, r, j);
+    count_partial(p, r, R.n_used);
 }
 
 // What a ticket names: a phase-1 item (u, r0) or a phase-2 item (u, r0, j)
