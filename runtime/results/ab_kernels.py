@@ -21,6 +21,9 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+import bulk_ring  # noqa: E402 - the results scripts' harness
+
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 INT4_TOKENS, BF16_TOKENS = (1, 2, 4, 8, 16), (1, 4, 16)
@@ -96,8 +99,7 @@ def table(path: str) -> str:
 
 
 def main() -> None:
-    if "--table" in sys.argv:
-        sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
+    if bulk_ring.table_asked(table):
         return
     import cupy
 
@@ -106,11 +108,7 @@ def main() -> None:
     mods = modules(base)
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "base": str(base), "rounds": ROUNDS,
               "iters": ITERS, "rows": []}
-    path = OUT / "ab_kernels.json"
-    for name in MODELS:
-        result["rows"] += measure(name, mods)
-        path.write_text(json.dumps(result, indent=1) + "\n")
-    sys.stdout.write(table(str(path)))
+    bulk_ring.collect_rows(result, MODELS, lambda name: measure(name, mods), OUT / "ab_kernels.json", table)
 
 
 if __name__ == "__main__":

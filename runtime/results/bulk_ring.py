@@ -422,6 +422,23 @@ def main() -> None:
     measure_models(result, MODELS, lambda name: measure(name, fn), OUT / "bulk_ring.json", table)
 
 
+def table_asked(table_of) -> bool:
+    """With `--table FILE` on the command line: print table_of(FILE) and return True (the script has nothing more to do)."""
+    if "--table" not in sys.argv:
+        return False
+    sys.stdout.write(table_of(sys.argv[sys.argv.index("--table") + 1]))
+    return True
+
+
+def collect_rows(result: dict, models, measure_one, path: Path, table_of) -> None:
+    """Each model's rows (measure_one(name)) into result["rows"], written to path after each model (kept if a later one
+    fails); then prints table_of(path)."""
+    for name in models:
+        result["rows"] += measure_one(name)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    sys.stdout.write(table_of(str(path)))
+
+
 def measure_models(result: dict, models, measure_one, path: Path, table_of, counted=lambda v: True) -> None:
     """Each model's rows and bad-id flags into result, written to path after each model (kept if a later one
     fails), then whether every check of the variants `counted` admits passed; prints table_of(path)."""

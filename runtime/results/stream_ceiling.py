@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bulk_ring  # noqa: E402 - the results scripts' harness
 from dequant_views import build  # noqa: E402 - run 13's INT4-only layer bench
 from time_budget import reference_calls  # noqa: E402 - run 16's plain reads
 
@@ -65,19 +66,14 @@ def table(path: str) -> str:
 
 
 def main() -> None:
-    if "--table" in sys.argv:
-        sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
+    if bulk_ring.table_asked(table):
         return
     import cupy
 
     OUT.mkdir(parents=True, exist_ok=True)
     result = {"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rounds": ROUNDS, "iters": ITERS,
               "rows": []}
-    path = OUT / "stream_ceiling.json"
-    for name in MODELS:
-        result["rows"] += measure(name)
-        path.write_text(json.dumps(result, indent=1) + "\n")
-    sys.stdout.write(table(str(path)))
+    bulk_ring.collect_rows(result, MODELS, measure, OUT / "stream_ceiling.json", table)
 
 
 if __name__ == "__main__":
