@@ -6,9 +6,10 @@ moe_common.cuh: a commit's files shipped beside the checkout) and from this chec
 job (run them on the checkout first); this only times. Rounds alternate A and B over every cell, ROUNDS rounds of
 ITERS calls on runtime/kernel_bench.py's rotated weight copies and routings.
 
-Run 22e (ab_kernels_run22e_h200.json): BASE = commit 4d22507's kernels, the checkout the ring's and the register
-path's phase-2 partial store and count taken into one pair of functions of moe_common.cuh (store_partial,
-count_partial), which compiles to the same instruction counts with other scheduling (nvcc 13.0, cuobjdump).
+Run 22e (ab_kernels_run22e_h200.json): BASE = commit 4d22507's kernels, the checkout commit be2425b's (the ring's and
+the register path's phase-2 partial store and count taken into one pair of functions of moe_common.cuh,
+store_partial and count_partial, which compiles to the same instruction counts with other scheduling: nvcc 13.0,
+cuobjdump).
 
 Usage (repository root, after `pip install -e .`):
     python3 runtime/results/ab_kernels.py [BASE]     # default .k22base/ab; $OUT/ab_kernels.json, prints the table
