@@ -18,12 +18,16 @@ block besides the consumers, and the item sums' bytes per consumer warp in dynam
   diag1, diag2  timing only (wrong results): red4 with RING_DIAG=1 (the consumers skip the groups: the stream, the
          syncs and the outputs alone) and RING_DIAG=2 (each slot filled on its first use only: no weight traffic
          after, the consumers alone on stale bytes), as run 19c's switches
+  ring   this checkout's ring (run 22f: at 2 or 4 splits of F in the down projection, so that phase-2 items are
+         smaller and the blocks' last items end closer together)
 Run 22a (output_warp_run22a_h200.json) compared base, ow and owed (this script at commit 6482b3a, BASE the f0cc656
 file); run 22b (output_warp_run22b_h200.json) owed against dyn (at 8ebe68e); run 22d (output_warp_run22d_h200.json)
 dyn, red4 and the diagnostics, this script as it is, at commit 6adb465, the only one whose ring has RING_RED_SLOTS
-and RING_DIAG (red4 lost, and the next commit took both out): to run it again, `git checkout 6adb465`. "register" is the register path at run 20's fastest
-register candidate (tune_timings_h200.json), "tuned" launch_moe_int4 at runtime/configs/NVIDIA_H200.json (run 20's
-choices; this checkout's ring where they name one). Every variant is first checked on three routings against the
+and RING_DIAG (red4 lost, and the next commit took both out): to run it again, `git checkout 6adb465`; run 22f
+(output_warp_run22f_h200.json) the ring at 1, 2 and 4 splits (SHAPES' fifth field; before it, every shape had 1).
+"register" is the register path at the fastest register candidate of tune_timings_h200.json, "tuned" launch_moe_int4
+at runtime/configs/NVIDIA_H200.json (runs 22a-d: run 20's files; 22f: run 22's; this checkout's ring where they name
+one). Every variant is first checked on three routings against the
 reference (rel err <= 1e-2, every output written, counters re-armed, a rerun bit-identical), again after the timing
 on one routing; a bad id is flagged by the newest kernel. Times alternate variant by variant over ROUNDS rounds of
 ITERS calls on rotated weight copies and routings.
@@ -53,16 +57,15 @@ OUT = Path(os.environ.get("OUT", "/tmp/out"))
 SHIPPED = Path(".k22base")
 MODELS = ("phi-3.5-moe", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-v2-lite")
 TOKENS = (1, 2)
-# (consumer warps, blocks per SM, chunks per stage, most stages or 0)
-SHAPES = {"w4b2c16": (4, 2, 16, 0), "w4b2c16d3": (4, 2, 16, 3), "w4b3c16": (4, 3, 16, 0), "w4b3c8": (4, 3, 8, 0)}
+# (consumer warps, blocks per SM, chunks per stage, most stages or 0, splits of F in the down projection)
+SHAPES = {"w4b2c16": (4, 2, 16, 0, 1), "w4b2c16d3": (4, 2, 16, 3, 1), "w4b2c16d3j2": (4, 2, 16, 3, 2),
+          "w4b2c16d3j4": (4, 2, 16, 3, 4), "w4b2c16j2": (4, 2, 16, 0, 2), "w4b3c16j2": (4, 3, 16, 0, 2)}
 # name: (source file under SHIPPED, or None for this checkout's), -D options, helper warps, sum bytes per consumer
-KERNELS = {"dyn": ("dyn.cu", (), 2, 2048), "diag1": (None, ("-DRING_DIAG=1",), 2, 4096),
-           "diag2": (None, ("-DRING_DIAG=2",), 2, 4096), "red4": (None, (), 2, 4096)}
-TIMING_ONLY = ("diag1", "diag2")
-REFERENCE = "dyn/w4b2c16"  # the table's percentages are against this variant
-VARIANTS = tuple(f"{k}/{s}" for k in KERNELS for s in SHAPES if k not in TIMING_ONLY or s in ("w4b2c16", "w4b2c16d3"))
-OVERLAP_MODELS, OVERLAP_VARIANTS, OVERLAP_ROUNDS = ("phi-3.5-moe", "mixtral-8x7b"), (
-    "dyn/w4b2c16d3", "red4/w4b2c16d3"), 3
+KERNELS = {"ring": (None, (), 2, 2048)}
+TIMING_ONLY = ()
+REFERENCE = "ring/w4b2c16d3"  # the table's percentages are against this variant
+VARIANTS = tuple(f"{k}/{s}" for k in KERNELS for s in SHAPES)
+OVERLAP_MODELS, OVERLAP_VARIANTS, OVERLAP_ROUNDS = (), (), 3
 
 
 def compile_kernels() -> dict:
@@ -83,14 +86,14 @@ def compile_kernels() -> dict:
 
 def dynamic_bytes(v: str, stages: int, tokens: int, hidden: int) -> int:
     kernel, shape = v.split("/")
-    warps, _, chunks, _ = SHAPES[shape]
+    warps, _, chunks, _, _ = SHAPES[shape]
     return bulk_ring.ring_bytes(chunks, stages, tokens, hidden) + KERNELS[kernel][3] * warps
 
 
 def fits(fns, v: str, tokens: int, hidden: int) -> int:
     """The most stages of variant v that fit the shared memory of its blocks (0: fewer than 2)."""
     kernel, shape = v.split("/")
-    _, blocks, _, depth = SHAPES[shape]
+    _, blocks, _, depth, _ = SHAPES[shape]
     budget = min(bulk_ring.SMEM_PER_BLOCK, bulk_ring.SMEM_PER_SM // blocks - bulk_ring.SMEM_RESERVED) - fns[
         kernel].shared_size_bytes
     stages = max(s for s in range((depth or bulk_ring.MAX_STAGES) + 1)
@@ -105,7 +108,7 @@ def ring_call(lb, fns, tokens: int, v: str, out, sets=None, xs=None):
     from moespeq.runtime import moe_kernels as mk
 
     kernel, shape = v.split("/")
-    warps, blocks, chunks, _ = SHAPES[shape]
+    warps, blocks, chunks, _, splits = SHAPES[shape]
     fn, stages = fns[kernel], fits(fns, v, tokens, lb.geo.hidden)
     sets, xs, layers, geo, ws = sets or lb.routing(tokens), xs or lb.xs[tokens], lb.int4_layers, lb.geo, lb.workspace
     grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + KERNELS[kernel][2]),)
@@ -116,7 +119,8 @@ def ring_call(lb, fns, tokens: int, v: str, out, sets=None, xs=None):
         fn(grid, block, (xs[i % len(xs)], r.ids, r.w, e.gate.codes, e.gate.scales, e.up.codes, e.up.scales,
                          e.down.codes, e.down.scales, out, ws.hbuf, ws.partial, ws.counters, np.int32(tokens),
                          np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn),
-                         np.int32(1), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages), np.int32(chunks)),
+                         np.int32(splits), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages),
+                         np.int32(chunks)),
            shared_mem=shared)
     return call
 
