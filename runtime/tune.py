@@ -2,7 +2,7 @@
 
 Candidates: 4 or 8 warps per block with 1, 2, 4 or (8 warps) 8 of them per row tile, the most blocks per SM that fit
 and one fewer, 1, 2 or 4 splits of F in the down projection (at least one 128-wide group per split); for the INT4
-kernel at T <= 8 also its bulk-copy ring (RING_CANDIDATES, one split, where at least 2 stages fit). The result goes
+kernel at T <= 8 also its bulk-copy ring (RING_CANDIDATES, where at least 2 stages fit). The result goes
 to runtime/configs/<device>.json through launch_config.write_configs.
 
 Usage:
@@ -26,11 +26,12 @@ _FUNCTIONS = {"moe_int4": ("int4_moe", "moe_int4_t8", "moe_int4_t16"),
               "moe_bf16": ("expert_bf16", "moe_bf16_t8", "moe_bf16_t16")}
 
 
-# (consumer warps, blocks per SM, chunks per stage, most stages or 0: as many as fit) of the ring: run 19's best
-# shapes at T = 1-2, 3 blocks per SM (run 20: mixtral T = 1), and 2 blocks of 16-chunk stages at depth 3 and 2
-# (run 22b: 4 stages, where they fit, made mixtral T = 1 6 % slower than 3 and phi 1 % faster)
-RING_CANDIDATES = ((4, 2, 16, 0), (4, 2, 16, 3), (4, 2, 16, 2), (8, 2, 16, 0), (4, 2, 8, 0), (8, 1, 32, 0),
-                   (4, 3, 16, 0), (4, 3, 8, 0))
+# (consumer warps, blocks per SM, chunks per stage, most stages or 0: as many as fit, splits of F in the down
+# projection) of the ring: run 19's best shapes at T = 1-2, 3 blocks per SM (run 20: mixtral T = 1), 2 blocks of
+# 16-chunk stages at depth 3 and 2 (run 22b: 4 stages, where they fit, made mixtral T = 1 6 % slower than 3 and phi
+# 1 % faster), and that at 2 splits (run 22f: mixtral T = 1 -3.9 %, 5-32 % slower elsewhere)
+RING_CANDIDATES = ((4, 2, 16, 0, 1), (4, 2, 16, 3, 1), (4, 2, 16, 2, 1), (4, 2, 16, 3, 2), (8, 2, 16, 0, 1),
+                   (4, 2, 8, 0, 1), (8, 1, 32, 0, 1), (4, 3, 16, 0, 1), (4, 3, 8, 0, 1))
 
 
 def candidates(kernel: str, tokens: int, geo: ExpertGeometry, max_splits: int) -> list[LaunchConfig]:
@@ -43,7 +44,7 @@ def candidates(kernel: str, tokens: int, geo: ExpertGeometry, max_splits: int) -
         out += [LaunchConfig(warps, blocks, j, ks) for ks in (1, 2, 4, 8) if ks <= warps
                 for blocks in sorted({max(1, most - 1), most}) for j in splits]
     if kernel == "moe_int4":
-        ring = (LaunchConfig(w, b, 1, 1, chunks, depth) for w, b, chunks, depth in RING_CANDIDATES)
+        ring = (LaunchConfig(w, b, j, 1, chunks, depth) for w, b, chunks, depth, j in RING_CANDIDATES if j in splits)
         out += [cfg for cfg in ring if ring_stages(cfg, tokens, geo)]
     return out
 
