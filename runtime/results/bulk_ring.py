@@ -93,23 +93,31 @@ def ring_call(lb, fn, tokens: int, v: str, out, sets=None, xs=None, layers=None,
     """One launch of the ring entry per call i on routing, x and weight copy i (rotated), like lb.int4_call;
     `helpers` warps per block besides the consumers (1: the producer, the ring of runs 19-21; 2: and the output
     warp, from run 22)."""
+    warps, blocks, chunks = RING[v]
+    stages = ring_stages(fn, v, tokens, lb.geo.hidden)
+    return ring_launches(lb, fn, tokens, out, blocks, warps + helpers, chunks, stages,
+                         ring_bytes(chunks, stages, tokens, lb.geo.hidden), sets=sets, xs=xs, layers=layers)
+
+
+def ring_launches(lb, fn, tokens: int, out, blocks: int, warps: int, chunks: int, stages: int, shared: int, splits: int = 1,
+                  sets=None, xs=None, layers=None):
+    """call(i): one launch of ring entry fn (blocks per SM, warps per block, shared bytes) on routing, x and weight
+    copy i (rotated), `splits` splits of F in the down projection."""
     import numpy as np
 
     from moespeq.runtime import moe_kernels as mk
 
-    warps, blocks, chunks = RING[v]
-    stages = ring_stages(fn, v, tokens, lb.geo.hidden)
     sets, xs, layers = sets or lb.routing(tokens), xs or lb.xs[tokens], layers or lb.int4_layers
     geo, ws = lb.geo, lb.workspace
-    grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + helpers),)
-    shared = ring_bytes(chunks, stages, tokens, geo.hidden)
+    grid, block = (mk.device_info().sm_count * blocks,), (32 * warps,)
 
     def call(i: int) -> None:
         r, e = sets[i % len(sets)], layers[i % len(layers)]
         fn(grid, block, (xs[i % len(xs)], r.ids, r.w, e.gate.codes, e.gate.scales, e.up.codes, e.up.scales,
                          e.down.codes, e.down.scales, out, ws.hbuf, ws.partial, ws.counters, np.int32(tokens),
                          np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn),
-                         np.int32(1), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages), np.int32(chunks)),
+                         np.int32(splits), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages),
+                         np.int32(chunks)),
            shared_mem=shared)
     return call
 
@@ -174,8 +182,9 @@ def check(lb, fn, tokens: int, v: str, refs: list, routings: int = 3) -> dict:
     return {"rel_err": errs, "passed": ok}
 
 
-def bad_id_flagged(lb, fn, v: str) -> bool:
-    """An id outside [0, E) on the ring path: flagged, the ticket and exit counters re-armed."""
+def bad_id_flagged(lb, fn, v: str, call_of=None) -> bool:
+    """An id outside [0, E) on the ring path: flagged, the ticket and exit counters re-armed. call_of(lb, tokens, v, y,
+    sets, xs) makes the launch (default: ring_call of kernel fn)."""
     import cupy
 
     from moespeq.runtime.kernel_bench import Routing
@@ -184,7 +193,11 @@ def bad_id_flagged(lb, fn, v: str) -> bool:
     ids = r.ids.copy()
     ids[1, 0] = lb.geo.experts + 3
     y = cupy.zeros((2, lb.geo.hidden), dtype=cupy.uint16)
-    ring_call(lb, fn, 2, v, y, sets=[Routing(ids, r.w, [], r.used)], xs=[lb.xs[2][0]])(0)
+    sets, xs = [Routing(ids, r.w, [], r.used)], [lb.xs[2][0]]
+    if call_of is None:
+        ring_call(lb, fn, 2, v, y, sets=sets, xs=xs)(0)
+    else:
+        call_of(lb, 2, v, y, sets, xs)(0)
     finished_or_exit(f"{lb.spec.name} bad id {v}")
     flags = int(lb.workspace.counters[3].get())  # SYNC: correctness check
     lb.workspace.counters[3] = 0

@@ -103,26 +103,11 @@ def fits(fns, v: str, tokens: int, hidden: int) -> int:
 
 def ring_call(lb, fns, tokens: int, v: str, out, sets=None, xs=None):
     """One launch of variant v per call i on routing, x and weight copy i (rotated), like lb.int4_call."""
-    import numpy as np
-
-    from moespeq.runtime import moe_kernels as mk
-
     kernel, shape = v.split("/")
     warps, blocks, chunks, _, splits = SHAPES[shape]
-    fn, stages = fns[kernel], fits(fns, v, tokens, lb.geo.hidden)
-    sets, xs, layers, geo, ws = sets or lb.routing(tokens), xs or lb.xs[tokens], lb.int4_layers, lb.geo, lb.workspace
-    grid, block = (mk.device_info().sm_count * blocks,), (32 * (warps + KERNELS[kernel][2]),)
-    shared = dynamic_bytes(v, stages, tokens, geo.hidden)
-
-    def call(i: int) -> None:
-        r, e = sets[i % len(sets)], layers[i % len(layers)]
-        fn(grid, block, (xs[i % len(xs)], r.ids, r.w, e.gate.codes, e.gate.scales, e.up.codes, e.up.scales,
-                         e.down.codes, e.down.scales, out, ws.hbuf, ws.partial, ws.counters, np.int32(tokens),
-                         np.int32(geo.top_k), np.int32(geo.experts), np.int32(geo.hidden), np.int32(geo.moe_ffn),
-                         np.int32(splits), np.int32(1), np.int32(geo.max_used_experts), np.int32(stages),
-                         np.int32(chunks)),
-           shared_mem=shared)
-    return call
+    stages = fits(fns, v, tokens, lb.geo.hidden)
+    return bulk_ring.ring_launches(lb, fns[kernel], tokens, out, blocks, warps + KERNELS[kernel][2], chunks, stages,
+                                   dynamic_bytes(v, stages, tokens, lb.geo.hidden), splits, sets=sets, xs=xs)
 
 
 def ring_launch(lb, fns, tokens: int, v: str):
@@ -130,23 +115,6 @@ def ring_launch(lb, fns, tokens: int, v: str):
     def launch(i, y):
         ring_call(lb, fns, tokens, v, y)(i)
     return launch
-
-
-def bad_id_flagged(lb, fns, v: str) -> bool:
-    """An id outside [0, E): flagged, the ticket and exit counters re-armed."""
-    import cupy
-
-    from moespeq.runtime.kernel_bench import Routing
-
-    r = lb.routing(2)[0]
-    ids = r.ids.copy()
-    ids[1, 0] = lb.geo.experts + 3
-    y = cupy.zeros((2, lb.geo.hidden), dtype=cupy.uint16)
-    ring_call(lb, fns, 2, v, y, sets=[Routing(ids, r.w, [], r.used)], xs=[lb.xs[2][0]])(0)
-    bulk_ring.finished_or_exit(f"{lb.spec.name} bad id {v}")
-    flags = int(lb.workspace.counters[3].get())  # SYNC: correctness check
-    lb.workspace.counters[3] = 0
-    return flags == 1 and not bool(lb.workspace.counters[:3].any())
 
 
 def measure(name: str, fns: dict) -> tuple[list[dict], dict]:
@@ -176,7 +144,8 @@ def measure(name: str, fns: dict) -> tuple[list[dict], dict]:
             + "\n")
         sys.stdout.flush()
     newest = list(KERNELS)[-1]
-    bad = {v: bad_id_flagged(lb, fns, v) for v in VARIANTS if v.startswith(f"{newest}/") and fits(fns, v, 2, lb.geo.hidden)}
+    bad = {v: bulk_ring.bad_id_flagged(lb, None, v, lambda lb, t, v, y, sets, xs: ring_call(lb, fns, t, v, y, sets, xs))
+           for v in VARIANTS if v.startswith(f"{newest}/") and fits(fns, v, 2, lb.geo.hidden)}
     if name in OVERLAP_MODELS:
         rows[0]["overlap"] = overlap(lb, fns)
         sys.stdout.write(f"{name} T=1 overlap: " + " ".join(
@@ -264,8 +233,7 @@ def table(path: str) -> str:
 
 
 def main() -> None:
-    if "--table" in sys.argv:
-        sys.stdout.write(table(sys.argv[sys.argv.index("--table") + 1]))
+    if bulk_ring.table_asked(table):
         return
     import cupy
 
