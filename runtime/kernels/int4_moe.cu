@@ -388,6 +388,28 @@ __device__ __forceinline__ void ring_produce(const RingRouting& R, RingShared& S
     }
 }
 
+// The B halves of chunk kc (this lane's column) from a token row in shared memory: x, or a stage's h
+struct SharedRowB {
+    const unsigned char* row;
+    __device__ __forceinline__ void operator()(uint4 (&b)[2], int, int kc) const {
+        b[0] = ld_shared4(row + 128 * kc);
+        b[1] = ld_shared4(row + 128 * kc + 64);
+    }
+};
+
+// This warp's groups of a stage, `consumers` apart from `first`, two at a time into two accumulator sets
+// (independent mma chains)
+template <class Group>
+__device__ __forceinline__ void take_groups(const Group& group, float* acc, float* acc2, int first, int groups,
+                                            int consumers) {
+    int q = first;
+    for (; q + consumers < groups; q += 2 * consumers) {
+        group(acc, q);
+        group(acc2, q + consumers);
+    }
+    for (; q < groups; q += consumers) group(acc, q);
+}
+
 // A consumer warp's part of an item's fixed-order sum: its fragments into red[parity] for the output warp (once
 // the output warp has read what the item two before left there), then on. Consumers never wait for each other
 // or for the item's output. The RING_END stage is handed over the same way, with no sums.
@@ -443,13 +465,9 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
         const unsigned* scales = reinterpret_cast<const unsigned*>(base + g.scales_at()) + (lane >> 2);
         const int groups = (st.c1 - st.c0) / 2;
         if (it.phase == 1) {
-            const unsigned char* xrow = xs + R.token[it.u][n] * g.x_stride + 16 * c;
+            const SharedRowB load_x{xs + R.token[it.u][n] * g.x_stride + 16 * c};
             const float* xs0 = S.xsum[R.token[it.u][min(2 * c, cnt - 1)]];
             const float* xs1 = S.xsum[R.token[it.u][min(2 * c + 1, cnt - 1)]];
-            const auto load_x = [&](uint4 (&b)[2], int, int kc) {
-                b[0] = ld_shared4(xrow + 128 * kc);
-                b[1] = ld_shared4(xrow + 128 * kc + 64);
-            };
             const auto group = [&](float* a, int q) {
                 uint4 wq[2][2];
                 unsigned sc[2];
@@ -460,21 +478,12 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
                     sc[m] = scales[(m * g.chunks / 2 + q) * 8];
                 }
                 const int grp = st.c0 / 2 + q;
-                Int4Weights::group_mma<1, 2, decltype(load_x), true>(a, wq, sc, load_x, grp, false,
-                                                                     make_float2(xs0[grp], xs1[grp]));
+                Int4Weights::group_mma<1, 2, SharedRowB, true>(a, wq, sc, load_x, grp, false,
+                                                               make_float2(xs0[grp], xs1[grp]));
             };
-            int q = warp;
-            for (; q + consumers < groups; q += 2 * consumers) {
-                group(acc, q);
-                group(acc2, q + consumers);
-            }
-            for (; q < groups; q += consumers) group(acc, q);
+            take_groups(group, acc, acc2, warp, groups, consumers);
         } else {
-            const unsigned char* hrow = base + g.h_at() + n * g.h_stride + 16 * c - 128 * st.c0;
-            const auto load_h = [&](uint4 (&b)[2], int, int kc) {
-                b[0] = ld_shared4(hrow + 128 * kc);
-                b[1] = ld_shared4(hrow + 128 * kc + 64);
-            };
+            const SharedRowB load_h{base + g.h_at() + n * g.h_stride + 16 * c - 128 * st.c0};
             const auto group = [&](float* a, int q) {
                 uint4 wq[1][2];
                 unsigned sc[1];
@@ -483,12 +492,7 @@ __device__ __forceinline__ void ring_consume(const RingRouting& R, RingShared& S
                 sc[0] = scales[q * 8];
                 Int4Weights::group_mma<1, 1>(a, wq, sc, load_h, st.c0 / 2 + q, false);
             };
-            int q = warp;
-            for (; q + consumers < groups; q += 2 * consumers) {
-                group(acc, q);
-                group(acc2, q + consumers);
-            }
-            for (; q < groups; q += consumers) group(acc, q);
+            take_groups(group, acc, acc2, warp, groups, consumers);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(&S.empty[s]);  // this warp is done reading the stage

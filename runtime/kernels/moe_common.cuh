@@ -397,7 +397,7 @@ __device__ __forceinline__ void count_partial(const MoeArgs& p, int r, int n_use
 template <int NT, class Weights>
 __device__ void phase2_item(const Routing& R, Scratch& S, const MoeArgs& p, const Weights& wts, int u, int r0, int j) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tiles = (blockDim.x >> 5) / p.KS;
-    const int g = lane >> 2, c = lane & 3, cnt = R.count[u], ks = warp % p.KS;
+    const int g = lane >> 2, cnt = R.count[u], ks = warp % p.KS;
     const int r = r0 * tiles + warp / p.KS;
     const bool active = r < p.D / 16;
     int lo, hi;  // this split's 64-wide chunks of F
@@ -444,7 +444,10 @@ template <int NT, class Weights>
 __device__ void moe_layer(const MoeArgs& p, const Weights& wts) {
     __shared__ Routing R;
     __shared__ Scratch S;
-    const int tid = threadIdx.x, last_warp = (blockDim.x >> 5) - 1;
+    const int tid = threadIdx.x;
+#if MOE_L2_PREFETCH
+    const int last_warp = (blockDim.x >> 5) - 1;  // asks for the down weights of the block's phase-2 items
+#endif
     if (tid == 0) S.ticket[0] = atomicAdd(&p.counters[CTR_TICKET], 1);  // its latency overlaps the prologue
     build_routing(R, p, wts);  // ends with a barrier, which also publishes S.ticket
     const int n_used = R.n_used, FT = p.F / 16, DT = p.D / 16, tiles = (blockDim.x >> 5) / p.KS;
